@@ -1,0 +1,106 @@
+// The model as the scheduler sees it: a torch-free interface that runs one
+// batched step over a ragged batch of sequence chunks (prefill chunks and
+// decode tokens mixed) against the paged KV cache.
+//
+// Threading: a ModelRunner is used by one thread at a time (the engine thread).
+#ifndef MOR_MODEL_MODEL_RUNNER_H_
+#define MOR_MODEL_MODEL_RUNNER_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/kv_cache_types.h"
+#include "model/model_config.h"
+
+namespace mor {
+
+// How deep a sequence's tokens recurse: the router decides (adaptive), or a
+// fixed depth d in [1, Nr] for every token (test-time scaling; the router's
+// gate values are still applied).
+struct DepthPolicy {
+  int fixed_depth = 0;  // 0 = adaptive
+
+  static DepthPolicy Adaptive() { return DepthPolicy{0}; }
+  static DepthPolicy Fixed(int depth) { return DepthPolicy{depth}; }
+  bool adaptive() const { return fixed_depth == 0; }
+};
+
+enum class LogitsRequest { kNone, kLast, kAll };
+
+// New tokens of one sequence for this step.
+struct SequenceChunk {
+  std::span<const int32_t> tokens;  // non-empty
+  int32_t start_position = 0;        // absolute position of tokens[0]
+  DepthPolicy policy;
+  SequenceKv* kv = nullptr;  // the sequence's tables; appended to in place
+  LogitsRequest logits = LogitsRequest::kLast;
+};
+
+// Per-step counters (plain numbers; metrics live elsewhere).
+struct StepStats {
+  // token_steps[r-1]: tokens that executed recursion r in this step.
+  std::vector<int64_t> token_steps_per_depth;
+  double embed_seconds = 0;
+  double unique_layers_seconds = 0;
+  std::vector<double> recursion_seconds;  // per depth
+  double lm_head_seconds = 0;
+  double total_seconds = 0;
+};
+
+struct StepResult {
+  int64_t vocab_size = 0;
+  // fp32 logits, row-major [num_rows, vocab_size].
+  std::vector<float> logits;
+  // Per chunk: first logits row (kLast: one row, kAll: one row per token), or -1.
+  std::vector<int32_t> logits_row;
+  // Per input token, in chunk order: the depth it reached (1..Nr).
+  std::vector<int8_t> token_depth;
+  // Per input token: Nr router scores (see docs/model-format.md), NaN where the
+  // router was not evaluated. Empty for models without a router.
+  std::vector<float> router_scores;
+  StepStats stats;
+};
+
+class ModelRunner {
+ public:
+  virtual ~ModelRunner() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual const KvCacheGeometry& kv_geometry() const = 0;
+  // "cpu", "cuda:0", ... and "float32" / "bfloat16" / "float16".
+  virtual std::string device() const = 0;
+  virtual std::string dtype() const = 0;
+
+  // Runs `chunks` (each sequence at most once) through the model, writing
+  // their K/V and drawing new blocks from `allocator` as tables fill up.
+  // Invalid input (token id out of range, context overflow, bad depth, table
+  // shorter than num_tokens implies) -> InvalidArgument before any work.
+  // If the allocator fails mid-step the step returns its error and the
+  // tables of every chunk in the batch are unspecified: the caller must
+  // release them (the scheduler checks capacity before stepping).
+  virtual absl::StatusOr<StepResult> Step(std::span<const SequenceChunk> chunks,
+                                          KvBlockAllocator& allocator) = 0;
+};
+
+struct ModelRunnerOptions {
+  std::string model_dir;
+  std::string device = "cpu";    // cpu | cuda | cuda:N
+  std::string dtype = "float32";  // float32 | bfloat16 | float16 (cuda only)
+  int32_t block_size = 16;
+  int64_t num_depth_blocks = 1024;   // depth-pool capacity (incl. reserved block 0)
+  int64_t num_unique_blocks = 0;     // 0: same as num_depth_blocks
+  int32_t num_threads = 0;           // intra-op CPU threads; 0 = all cores
+};
+
+// Loads the model in `options.model_dir` with LibTorch. Errors name the file,
+// tensor and problem; nothing throws.
+absl::StatusOr<std::unique_ptr<ModelRunner>> CreateTorchModelRunner(
+    const ModelRunnerOptions& options);
+
+}  // namespace mor
+
+#endif  // MOR_MODEL_MODEL_RUNNER_H_

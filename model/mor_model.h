@@ -1,0 +1,92 @@
+// The MoR forward pass in LibTorch over the paged, recursion-wise KV cache
+// (docs/model-format.md). Internal to model/: TorchModelRunner wraps it with
+// input validation and the exception boundary.
+#ifndef MOR_MODEL_MOR_MODEL_H_
+#define MOR_MODEL_MOR_MODEL_H_
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/kv_cache_types.h"
+#include "model/model_config.h"
+#include "model/model_runner.h"
+#include "model/mor_weights.h"
+#include "model/paged_attention.h"
+#include "model/paged_kv_cache.h"
+
+namespace mor {
+
+class MorModel {
+ public:
+  MorModel(ModelConfig config, MorWeights weights, const KvCacheGeometry& geometry,
+           at::ScalarType dtype, at::Device device);
+
+  const ModelConfig& config() const { return config_; }
+  const LayerPlan& plan() const { return plan_; }
+  const KvCacheGeometry& geometry() const { return cache_.geometry(); }
+  at::ScalarType dtype() const { return dtype_; }
+  at::Device device() const { return device_; }
+
+  // One step over validated chunks (see ModelRunner::Step). May throw
+  // c10::Error; the caller converts it.
+  absl::StatusOr<StepResult> Forward(std::span<const SequenceChunk> chunks,
+                                     KvBlockAllocator& allocator);
+
+ private:
+  // Rows of the step's activations and where they come from.
+  struct StepRows;
+
+  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
+  at::Tensor Rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
+  // One decoder layer on rows `x` whose attention metadata is `batch`; writes
+  // their K/V into `k_cache`/`v_cache` when `write_kv`.
+  at::Tensor DecoderLayer(const LayerWeights& w, const at::Tensor& x, const at::Tensor& cos,
+                          const at::Tensor& sin, at::Tensor k_cache, at::Tensor v_cache,
+                          const AttentionBatch& batch, bool write_kv) const;
+  at::Tensor RouterLogits(const RouterWeights& router, const at::Tensor& h) const;
+
+  // Attention metadata for `rows` (indices into the step's rows) at one KV
+  // level; grows the tables through `allocator` when `write` is set.
+  absl::StatusOr<AttentionBatch> PrepareLevel(const StepRows& step,
+                                              const std::vector<int64_t>& rows,
+                                              std::vector<KvTable*>& tables, KvPool pool,
+                                              int depth, bool write,
+                                              KvBlockAllocator& allocator);
+  static void CommitLevel(const StepRows& step, const std::vector<int64_t>& rows,
+                          std::vector<KvTable*>& tables);
+
+  // Runs recursion r's block on `x` (rows `rows`), returning Block_r(x).
+  absl::StatusOr<at::Tensor> RunRecursion(int r, const StepRows& step,
+                                          const std::vector<int64_t>& rows, const at::Tensor& x,
+                                          const at::Tensor& cos, const at::Tensor& sin,
+                                          KvBlockAllocator& allocator);
+
+  absl::Status RunExpertChoice(const StepRows& step, at::Tensor& h, const at::Tensor& cos,
+                               const at::Tensor& sin, KvBlockAllocator& allocator,
+                               StepResult& result);
+  absl::Status RunTokenChoice(const StepRows& step, at::Tensor& h, const at::Tensor& cos,
+                              const at::Tensor& sin, KvBlockAllocator& allocator,
+                              StepResult& result);
+  absl::Status RunUniqueLayers(const std::vector<int>& layers, const StepRows& step,
+                               const AttentionBatch& batch, at::Tensor& h, const at::Tensor& cos,
+                               const at::Tensor& sin);
+
+  at::Tensor IndexTensor(const std::vector<int64_t>& rows) const;
+
+  ModelConfig config_;
+  LayerPlan plan_;
+  MorWeights weights_;
+  PagedKvCache cache_;
+  at::ScalarType dtype_;
+  at::Device device_;
+  at::Tensor rope_cos_;  // [max_positions, head_dim / 2] fp32
+  at::Tensor rope_sin_;
+};
+
+}  // namespace mor
+
+#endif  // MOR_MODEL_MOR_MODEL_H_

@@ -1,0 +1,202 @@
+#include "model/torch_model_runner.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/DeviceType.h>
+
+#include <exception>
+#include <filesystem>
+#include <thread>
+#include <unordered_set>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "model/mor_model.h"
+#include "model/mor_weights.h"
+#include "model/safetensors_file.h"
+#include "model/status_macros.h"
+
+namespace mor {
+namespace {
+
+absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
+  if (name == "cpu") return at::Device(at::kCPU);
+  absl::string_view rest = name;
+  if (absl::ConsumePrefix(&rest, "cuda")) {
+    int index = 0;
+    if (!rest.empty() && !(absl::ConsumePrefix(&rest, ":") && absl::SimpleAtoi(rest, &index))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("device '", name, "': expected cpu, cuda or cuda:N"));
+    }
+    if (!at::hasCUDA()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("device '", name, "': this LibTorch has no usable CUDA device"));
+    }
+    if (index < 0 || index >= static_cast<int>(at::getNumGPUs())) {
+      return absl::InvalidArgumentError(absl::StrCat("device '", name, "': only ",
+                                                     at::getNumGPUs(), " CUDA device(s)"));
+    }
+    return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("device '", name, "': expected cpu, cuda or cuda:N"));
+}
+
+absl::StatusOr<at::ScalarType> ParseDType(const std::string& name, const at::Device& device) {
+  if (name == "float32" || name == "fp32") return at::kFloat;
+  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
+  if (name == "float16" || name == "fp16") {
+    if (device.is_cpu()) {
+      return absl::InvalidArgumentError("dtype float16 is supported on CUDA only; use bfloat16");
+    }
+    return at::kHalf;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("dtype '", name, "': expected float32, bfloat16 or float16"));
+}
+
+std::string CanonicalDType(at::ScalarType t) {
+  switch (t) {
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kHalf:
+      return "float16";
+    default:
+      return "float32";
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ModelRunner>> CreateTorchModelRunner(
+    const ModelRunnerOptions& options) {
+  MOR_ASSIGN_OR_RETURN(std::unique_ptr<TorchModelRunner> runner,
+                       TorchModelRunner::Create(options));
+  return std::unique_ptr<ModelRunner>(std::move(runner));
+}
+
+absl::StatusOr<std::unique_ptr<TorchModelRunner>> TorchModelRunner::Create(
+    const ModelRunnerOptions& options) {
+  try {
+    if (options.block_size <= 0 || options.block_size > 1024) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("block_size must be in 1..1024 (got ", options.block_size, ")"));
+    }
+    if (options.num_depth_blocks < 2 || options.num_unique_blocks < 0) {
+      return absl::InvalidArgumentError("KV pools need at least 2 blocks (block 0 is reserved)");
+    }
+    MOR_ASSIGN_OR_RETURN(at::Device device, ParseDevice(options.device));
+    MOR_ASSIGN_OR_RETURN(at::ScalarType dtype, ParseDType(options.dtype, device));
+    const int threads = options.num_threads > 0
+                            ? options.num_threads
+                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    at::set_num_threads(threads);
+
+    const std::filesystem::path dir(options.model_dir);
+    MOR_ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile((dir / "config.json").string()));
+    MOR_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> checkpoint,
+                         SafetensorsCheckpoint::OpenDirectory(options.model_dir));
+    const LayerPlan plan = config.MakeLayerPlan();
+    MOR_ASSIGN_OR_RETURN(MorWeights weights,
+                         LoadMorWeights(*checkpoint, config, plan, dtype, device));
+
+    KvCacheGeometry geometry;
+    geometry.block_size = options.block_size;
+    geometry.num_unique_layers = plan.num_unique_layers;
+    geometry.block_layers = plan.block_layers;
+    geometry.num_depth_levels =
+        config.kv_mode == KvMode::kRecursiveSharing ? 1 : config.num_recursions;
+    geometry.num_kv_heads = static_cast<int32_t>(config.num_key_value_heads);
+    geometry.head_dim = static_cast<int32_t>(config.head_dim);
+    geometry.dtype_bytes = static_cast<int32_t>(c10::elementSize(dtype));
+    geometry.num_depth_blocks = options.num_depth_blocks;
+    geometry.num_unique_blocks =
+        plan.num_unique_layers == 0
+            ? 0
+            : (options.num_unique_blocks > 0 ? options.num_unique_blocks : options.num_depth_blocks);
+    auto model = std::make_unique<MorModel>(std::move(config), std::move(weights), geometry,
+                                            dtype, device);
+    return std::unique_ptr<TorchModelRunner>(
+        new TorchModelRunner(std::move(model), CanonicalDType(dtype)));
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("loading model from '", options.model_dir, "': ", e.what()));
+  }
+}
+
+TorchModelRunner::TorchModelRunner(std::unique_ptr<MorModel> model, std::string dtype_name)
+    : model_(std::move(model)), dtype_name_(std::move(dtype_name)) {}
+
+TorchModelRunner::~TorchModelRunner() = default;
+
+const ModelConfig& TorchModelRunner::config() const { return model_->config(); }
+const KvCacheGeometry& TorchModelRunner::kv_geometry() const { return model_->geometry(); }
+std::string TorchModelRunner::device() const { return model_->device().str(); }
+
+absl::Status TorchModelRunner::Validate(std::span<const SequenceChunk> chunks) const {
+  const ModelConfig& config = model_->config();
+  const KvCacheGeometry& geometry = model_->geometry();
+  std::unordered_set<const SequenceKv*> seen;
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const SequenceChunk& chunk = chunks[c];
+    auto error = [&](auto&&... parts) {
+      return absl::InvalidArgumentError(absl::StrCat("chunk ", c, ": ", parts...));
+    };
+    if (chunk.tokens.empty()) return error("no tokens");
+    if (chunk.kv == nullptr) return error("no KV tables");
+    if (!seen.insert(chunk.kv).second) return error("sequence appears twice in one step");
+    if (chunk.start_position < 0 ||
+        chunk.start_position + static_cast<int64_t>(chunk.tokens.size()) >
+            config.max_position_embeddings) {
+      return error("positions ", chunk.start_position, "..",
+                   chunk.start_position + chunk.tokens.size() - 1,
+                   " exceed max_position_embeddings ", config.max_position_embeddings);
+    }
+    for (int32_t id : chunk.tokens) {
+      if (id < 0 || id >= config.vocab_size) {
+        return error("token id ", id, " outside the vocabulary [0, ", config.vocab_size, ")");
+      }
+    }
+    if (chunk.policy.fixed_depth < 0 || chunk.policy.fixed_depth > config.num_recursions) {
+      return error("depth ", chunk.policy.fixed_depth, " outside 1..", config.num_recursions);
+    }
+    if (static_cast<int>(chunk.kv->depths.size()) != geometry.num_depth_levels) {
+      return error("expected ", geometry.num_depth_levels, " depth tables, got ",
+                   chunk.kv->depths.size());
+    }
+    auto check_table = [&](const KvTable& table, const char* what) -> absl::Status {
+      if (table.num_tokens < 0 ||
+          static_cast<int64_t>(table.blocks.size()) * geometry.block_size < table.num_tokens) {
+        return error(what, " table holds ", table.num_tokens, " entries but only ",
+                     table.blocks.size(), " blocks");
+      }
+      return absl::OkStatus();
+    };
+    MOR_RETURN_IF_ERROR(check_table(chunk.kv->unique, "unique"));
+    for (const KvTable& table : chunk.kv->depths) MOR_RETURN_IF_ERROR(check_table(table, "depth"));
+    // Every token takes recursion 1, so depth 1 holds every earlier token.
+    if (chunk.kv->depths[0].num_tokens != chunk.start_position ||
+        (geometry.num_unique_layers > 0 && chunk.kv->unique.num_tokens != chunk.start_position)) {
+      return error("start_position ", chunk.start_position,
+                   " does not match the KV cache, which holds ", chunk.kv->depths[0].num_tokens,
+                   " tokens");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepResult> TorchModelRunner::Step(std::span<const SequenceChunk> chunks,
+                                                  KvBlockAllocator& allocator) {
+  MOR_RETURN_IF_ERROR(Validate(chunks));
+  if (chunks.empty()) return StepResult{};
+  try {
+    return model_->Forward(chunks, allocator);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("model step failed: ", e.what()));
+  }
+}
+
+}  // namespace mor

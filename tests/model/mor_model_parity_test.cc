@@ -1,0 +1,238 @@
+// Parity of the LibTorch engine with the PyTorch reference (and, for vanilla
+// models, HF transformers) on the fixture matrix of
+// tools/reference/make_parity_fixtures.py: every sharing strategy x router
+// type x KV mode, adaptive and every fixed depth; full prefill, chunked
+// prefill, token-by-token decode through the paged cache, and batches of
+// several sequences.
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "gtest/gtest.h"
+#include "model/model_runner.h"
+#include "model/simple_block_allocator.h"
+#include "tests/model/parity_fixtures.h"
+
+namespace mor {
+namespace {
+
+using testing::LoadParityManifest;
+using testing::ParityCase;
+using testing::ParityExpectations;
+
+constexpr float kFp32Tolerance = 1e-4f;
+
+DepthPolicy PolicyFromName(const std::string& name) {
+  absl::string_view rest = name;
+  int depth = 0;
+  if (absl::ConsumePrefix(&rest, "fixed") && absl::SimpleAtoi(rest, &depth)) {
+    return DepthPolicy::Fixed(depth);
+  }
+  return DepthPolicy::Adaptive();
+}
+
+struct SequenceRun {
+  std::vector<float> logits;  // [n, vocab]
+  std::vector<int32_t> depths;
+  std::vector<float> scores;  // [n, Nr]
+};
+
+struct Engine {
+  std::unique_ptr<ModelRunner> runner;
+  std::unique_ptr<SimpleBlockAllocator> allocator;
+};
+
+Engine MakeEngine(const ParityCase& c, const std::string& dtype = "float32",
+                  int32_t block_size = 4) {
+  ModelRunnerOptions options;
+  options.model_dir = c.model_dir;
+  options.dtype = dtype;
+  options.block_size = block_size;
+  options.num_depth_blocks = 512;
+  options.num_threads = 2;
+  auto runner = CreateTorchModelRunner(options);
+  EXPECT_TRUE(runner.ok()) << c.name << ": " << runner.status();
+  Engine engine;
+  if (!runner.ok()) return engine;
+  engine.runner = std::move(*runner);
+  engine.allocator = std::make_unique<SimpleBlockAllocator>(engine.runner->kv_geometry());
+  return engine;
+}
+
+SequenceKv NewSequenceKv(const ModelRunner& runner) {
+  SequenceKv kv;
+  kv.depths.resize(runner.kv_geometry().num_depth_levels);
+  return kv;
+}
+
+// Runs several sequences side by side, each in chunks of its own size (one
+// Step per round, every unfinished sequence in it), collecting all logits.
+std::vector<SequenceRun> RunBatched(Engine& engine, const std::vector<std::vector<int32_t>>& seqs,
+                                    const std::vector<DepthPolicy>& policies,
+                                    const std::vector<int>& chunk_sizes) {
+  const int nr = engine.runner->config().num_recursions;
+  const bool has_router = engine.runner->config().has_router();
+  std::vector<SequenceRun> runs(seqs.size());
+  std::vector<SequenceKv> kvs;
+  for (size_t s = 0; s < seqs.size(); ++s) kvs.push_back(NewSequenceKv(*engine.runner));
+  std::vector<size_t> done(seqs.size(), 0);
+  while (true) {
+    std::vector<SequenceChunk> chunks;
+    std::vector<size_t> owner;
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      if (done[s] >= seqs[s].size()) continue;
+      const size_t n = std::min<size_t>(chunk_sizes[s], seqs[s].size() - done[s]);
+      SequenceChunk chunk;
+      chunk.tokens = std::span<const int32_t>(seqs[s].data() + done[s], n);
+      chunk.start_position = static_cast<int32_t>(done[s]);
+      chunk.policy = policies[s];
+      chunk.kv = &kvs[s];
+      chunk.logits = LogitsRequest::kAll;
+      chunks.push_back(chunk);
+      owner.push_back(s);
+    }
+    if (chunks.empty()) break;
+    auto result = engine.runner->Step(chunks, *engine.allocator);
+    EXPECT_TRUE(result.ok()) << result.status();
+    if (!result.ok()) return runs;
+    size_t token_base = 0;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      SequenceRun& run = runs[owner[i]];
+      const size_t n = chunks[i].tokens.size();
+      const int64_t v = result->vocab_size;
+      const float* rows = result->logits.data() + result->logits_row[i] * v;
+      run.logits.insert(run.logits.end(), rows, rows + n * v);
+      for (size_t t = 0; t < n; ++t) {
+        run.depths.push_back(result->token_depth[token_base + t]);
+        if (has_router) {
+          const float* sc = result->router_scores.data() + (token_base + t) * nr;
+          run.scores.insert(run.scores.end(), sc, sc + nr);
+        }
+      }
+      token_base += n;
+      done[owner[i]] += n;
+    }
+  }
+  for (SequenceKv& kv : kvs) engine.allocator->Release(kv);
+  return runs;
+}
+
+float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return INFINITY;
+  float worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+  return worst;
+}
+
+void ExpectScoresMatch(const std::vector<float>& got, const std::vector<float>& want,
+                       const std::string& where) {
+  ASSERT_EQ(got.size(), want.size()) << where;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isnan(want[i])) {
+      EXPECT_TRUE(std::isnan(got[i])) << where << " score " << i << " should not be evaluated";
+    } else {
+      EXPECT_NEAR(got[i], want[i], kFp32Tolerance) << where << " score " << i;
+    }
+  }
+}
+
+void ExpectRunMatches(const ParityCase& c, const ParityExpectations& expected,
+                      const std::string& policy, int seq, const SequenceRun& run,
+                      const std::string& mode) {
+  const std::string where = absl::StrCat(c.name, " ", policy, " seq ", seq, " ", mode);
+  EXPECT_LE(MaxAbsDiff(run.logits, expected.Logits(policy, seq)), kFp32Tolerance) << where;
+  EXPECT_EQ(run.depths, expected.Depths(policy, seq)) << where;
+  if (c.sharing != "none") ExpectScoresMatch(run.scores, expected.Scores(policy, seq), where);
+}
+
+class ParityTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto cases = LoadParityManifest();
+    ASSERT_TRUE(cases.ok()) << cases.status();
+    cases_ = *cases;
+    ASSERT_GE(cases_.size(), 17u) << "the matrix has 16 MoR cases plus vanilla";
+  }
+  std::vector<ParityCase> cases_;
+};
+
+// One forward over the whole sequence, then 5-token chunks, then one token
+// at a time: all three must equal the reference's full forward.
+TEST_F(ParityTest, PrefillChunkedAndDecodeMatchReference) {
+  for (const ParityCase& c : cases_) {
+    Engine engine = MakeEngine(c);
+    ASSERT_NE(engine.runner, nullptr);
+    auto expected = ParityExpectations::Open(c);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    for (const std::string& policy : c.policies) {
+      for (int seq = 0; seq < c.num_sequences; ++seq) {
+        const std::vector<int32_t> tokens = expected->Tokens(seq);
+        const int n = static_cast<int>(tokens.size());
+        for (int chunk : {n, 5, 1}) {
+          auto runs = RunBatched(engine, {tokens}, {PolicyFromName(policy)}, {chunk});
+          ExpectRunMatches(c, *expected, policy, seq, runs[0], absl::StrCat("chunk ", chunk));
+        }
+      }
+      // Every block went back to the pool.
+      EXPECT_EQ(engine.allocator->num_free(KvPool::kDepth),
+                engine.runner->kv_geometry().num_depth_blocks - 1);
+    }
+  }
+}
+
+// All sequences of a case in one batch, each with a different policy and a
+// different chunk size (prefill chunks and decode tokens mixed in one step).
+TEST_F(ParityTest, MixedBatchMatchesReference) {
+  for (const ParityCase& c : cases_) {
+    Engine engine = MakeEngine(c, "float32", /*block_size=*/3);
+    ASSERT_NE(engine.runner, nullptr);
+    auto expected = ParityExpectations::Open(c);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    for (size_t rotate = 0; rotate < c.policies.size(); ++rotate) {
+      std::vector<std::vector<int32_t>> seqs;
+      std::vector<DepthPolicy> policies;
+      std::vector<std::string> policy_names;
+      std::vector<int> chunk_sizes;
+      for (int seq = 0; seq < c.num_sequences; ++seq) {
+        seqs.push_back(expected->Tokens(seq));
+        policy_names.push_back(c.policies[(seq + rotate) % c.policies.size()]);
+        policies.push_back(PolicyFromName(policy_names.back()));
+        chunk_sizes.push_back(seq == 0 ? 1 : 4 * seq + 3);
+      }
+      auto runs = RunBatched(engine, seqs, policies, chunk_sizes);
+      for (int seq = 0; seq < c.num_sequences; ++seq) {
+        ExpectRunMatches(c, *expected, policy_names[seq], seq, runs[seq], "batched");
+      }
+    }
+  }
+}
+
+// Vanilla checkpoints in plain HF Llama naming equal HF transformers.
+TEST_F(ParityTest, VanillaMatchesHfTransformers) {
+  int checked = 0;
+  for (const ParityCase& c : cases_) {
+    if (!c.has_hf_logits) continue;
+    Engine engine = MakeEngine(c);
+    ASSERT_NE(engine.runner, nullptr);
+    auto expected = ParityExpectations::Open(c);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    for (int seq = 0; seq < c.num_sequences; ++seq) {
+      const std::vector<int32_t> tokens = expected->Tokens(seq);
+      for (int chunk : {static_cast<int>(tokens.size()), 1}) {
+        auto runs = RunBatched(engine, {tokens}, {DepthPolicy::Adaptive()}, {chunk});
+        EXPECT_LE(MaxAbsDiff(runs[0].logits, expected->Logits("hf", seq)), kFp32Tolerance)
+            << c.name << " seq " << seq << " chunk " << chunk;
+      }
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 0);
+}
+
+}  // namespace
+}  // namespace mor
