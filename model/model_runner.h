@@ -94,6 +94,9 @@ struct ModelRunnerOptions {
   int64_t num_depth_blocks = 1024;   // depth-pool capacity (incl. reserved block 0)
   int64_t num_unique_blocks = 0;     // 0: same as num_depth_blocks
   int32_t num_threads = 0;           // intra-op CPU threads; 0 = all cores
+  // Attention kernel: "auto" (paged CPU kernel on CPU, gather + SDPA on CUDA)
+  // or "sdpa" (gather + SDPA everywhere; for comparison).
+  std::string attention = "auto";
 };
 
 // Loads the model in `options.model_dir` with LibTorch. Errors name the file,

@@ -36,13 +36,14 @@ struct MorModel::StepRows {
 };
 
 MorModel::MorModel(ModelConfig config, MorWeights weights, const KvCacheGeometry& geometry,
-                   at::ScalarType dtype, at::Device device)
+                   at::ScalarType dtype, at::Device device, const std::string& attention)
     : config_(std::move(config)),
       plan_(config_.MakeLayerPlan()),
       weights_(std::move(weights)),
       cache_(geometry, dtype, device),
       dtype_(dtype),
-      device_(device) {
+      device_(device),
+      use_cpu_attention_(device.is_cpu() && attention != "sdpa") {
   const int64_t half = config_.head_dim / 2;
   at::Tensor inv_freq =
       1.0 / at::pow(config_.rope_theta,
@@ -86,12 +87,18 @@ at::Tensor MorModel::DecoderLayer(const LayerWeights& w, const at::Tensor& x,
   const int64_t kv_heads = config_.num_key_value_heads;
   const int64_t hd = config_.head_dim;
   at::Tensor qkv = at::linear(RmsNorm(x, w.input_norm), w.wqkv);
-  at::Tensor q = Rope(qkv.narrow(1, 0, heads * hd).view({rows, heads, hd}), cos, sin);
+  at::Tensor q;
   if (write_kv) {
-    at::Tensor k = Rope(qkv.narrow(1, heads * hd, kv_heads * hd).view({rows, kv_heads, hd}), cos,
-                        sin);
+    // RoPE on q and k in one pass: they are adjacent in the fused projection.
+    at::Tensor qk =
+        Rope(qkv.narrow(1, 0, (heads + kv_heads) * hd).view({rows, heads + kv_heads, hd}), cos,
+             sin);
+    q = qk.narrow(1, 0, heads);
+    at::Tensor k = qk.narrow(1, heads, kv_heads);
     at::Tensor v = qkv.narrow(1, (heads + kv_heads) * hd, kv_heads * hd).view({rows, kv_heads, hd});
     WriteKv(batch, k, v, k_cache, v_cache);
+  } else {
+    q = Rope(qkv.narrow(1, 0, heads * hd).view({rows, heads, hd}), cos, sin);
   }
   at::Tensor h = x + at::linear(PagedAttention(q, k_cache, v_cache, batch), w.wo);
   at::Tensor gate_up = at::linear(RmsNorm(h, w.post_norm), w.w_gate_up);
@@ -142,7 +149,7 @@ absl::StatusOr<AttentionBatch> MorModel::PrepareLevel(const StepRows& step,
                                          block_size, pool, depth, allocator));
     }
   }
-  return BuildAttentionBatch(queries, block_size, device_);
+  return BuildAttentionBatch(queries, block_size, device_, use_cpu_attention_);
 }
 
 void MorModel::CommitLevel(const StepRows& step, const std::vector<int64_t>& rows,

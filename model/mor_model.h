@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -22,8 +23,10 @@ namespace mor {
 
 class MorModel {
  public:
+  // `attention`: "auto" (CPU paged kernel on CPU, gather + SDPA elsewhere) or
+  // "sdpa" (gather + SDPA everywhere).
   MorModel(ModelConfig config, MorWeights weights, const KvCacheGeometry& geometry,
-           at::ScalarType dtype, at::Device device);
+           at::ScalarType dtype, at::Device device, const std::string& attention = "auto");
 
   const ModelConfig& config() const { return config_; }
   const LayerPlan& plan() const { return plan_; }
@@ -83,6 +86,7 @@ class MorModel {
   PagedKvCache cache_;
   at::ScalarType dtype_;
   at::Device device_;
+  bool use_cpu_attention_;
   at::Tensor rope_cos_;  // [max_positions, head_dim / 2] fp32
   at::Tensor rope_sin_;
 };

@@ -1,5 +1,7 @@
 #include "model/mor_weights.h"
 
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -70,8 +72,15 @@ class TensorReader {
       }
     }
     MOR_ASSIGN_OR_RETURN(at::ScalarType disk_type, ToScalarType(view));
-    at::Tensor raw = at::from_blob(const_cast<uint8_t*>(view.data), view.shape,
-                                   at::TensorOptions().dtype(disk_type));
+    const auto options = at::TensorOptions().dtype(disk_type);
+    at::Tensor raw;
+    if (reinterpret_cast<uintptr_t>(view.data) % TensorDTypeSize(view.dtype) == 0) {
+      raw = at::from_blob(const_cast<uint8_t*>(view.data), view.shape, options);
+    } else {
+      // safetensors does not promise aligned tensor data: copy it out first.
+      raw = at::empty(view.shape, options);
+      std::memcpy(raw.data_ptr(), view.data, view.nbytes);
+    }
     return raw.to(device_, dtype.value_or(dtype_), /*non_blocking=*/false, /*copy=*/true);
   }
 

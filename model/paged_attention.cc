@@ -14,12 +14,35 @@ at::Tensor ToDevice(std::vector<int64_t>& host, std::vector<int64_t> shape, at::
 }  // namespace
 
 AttentionBatch BuildAttentionBatch(const LevelQueries& queries, int32_t block_size,
-                                   at::Device device) {
+                                   at::Device device, bool cpu_kernel) {
   AttentionBatch batch;
   const int64_t rows = static_cast<int64_t>(queries.group.size());
   const int64_t groups = static_cast<int64_t>(queries.tables.size());
   batch.num_rows = rows;
   batch.num_groups = groups;
+  auto slot_of = [&](const KvTable& table, int64_t entry) -> int64_t {
+    return int64_t{table.blocks[entry / block_size]} * block_size + entry % block_size;
+  };
+
+  if (cpu_kernel) {
+    batch.use_cpu_kernel = true;
+    CpuPagedRows& cpu = batch.cpu_rows;
+    cpu.block_size = block_size;
+    cpu.row_group = queries.group;
+    cpu.row_context.resize(rows);
+    std::vector<int64_t> row_slots(rows);
+    for (int64_t i = 0; i < rows; ++i) {
+      cpu.row_context[i] = queries.entry[i] + 1;
+      row_slots[i] = slot_of(*queries.tables[queries.group[i]], queries.entry[i]);
+    }
+    cpu.group_offset.assign(1, 0);
+    for (const KvTable* table : queries.tables) {
+      cpu.blocks.insert(cpu.blocks.end(), table->blocks.begin(), table->blocks.end());
+      cpu.group_offset.push_back(static_cast<int64_t>(cpu.blocks.size()));
+    }
+    batch.row_slots = ToDevice(row_slots, {rows}, device);
+    return batch;
+  }
 
   std::vector<int64_t> queries_in_group(groups, 0);
   std::vector<int64_t> context_of_group(groups, 0);
@@ -30,10 +53,6 @@ AttentionBatch BuildAttentionBatch(const LevelQueries& queries, int32_t block_si
   }
   batch.max_queries = groups ? *std::max_element(queries_in_group.begin(), queries_in_group.end()) : 0;
   batch.max_context = groups ? *std::max_element(context_of_group.begin(), context_of_group.end()) : 0;
-
-  auto slot_of = [&](const KvTable& table, int64_t entry) -> int64_t {
-    return int64_t{table.blocks[entry / block_size]} * block_size + entry % block_size;
-  };
 
   std::vector<int64_t> row_slots(rows);
   std::vector<int64_t> padded_index(rows);
@@ -83,6 +102,7 @@ void WriteKv(const AttentionBatch& batch, const at::Tensor& k, const at::Tensor&
 
 at::Tensor PagedAttention(const at::Tensor& q, const at::Tensor& k_cache,
                           const at::Tensor& v_cache, const AttentionBatch& batch) {
+  if (batch.use_cpu_kernel) return CpuPagedAttention(q, k_cache, v_cache, batch.cpu_rows);
   const int64_t heads = q.size(1);
   const int64_t head_dim = q.size(2);
   const int64_t kv_heads = k_cache.size(1);

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "model/cpu_paged_attention.h"
 #include "model/kv_cache_types.h"
 
 namespace mor {
@@ -28,21 +29,27 @@ struct LevelQueries {
   std::vector<const KvTable*> tables;
 };
 
-// Device tensors for one level: where to write new K/V and how to gather.
+// Metadata for one level: where to write new K/V and how to attend. Two
+// kernels: the CPU paged kernel reads the cache through host block tables;
+// elsewhere K/V are gathered into padded tensors for one batched SDPA call.
 struct AttentionBatch {
+  bool use_cpu_kernel = false;
+  CpuPagedRows cpu_rows;  // when use_cpu_kernel
   int64_t num_rows = 0;
   int64_t num_groups = 0;
   int64_t max_queries = 0;   // per group
   int64_t max_context = 0;   // per group
   bool one_query_per_group = false;  // rows are groups 0..n-1 in order: no padding
   at::Tensor row_slots;      // [rows] int64 flat cache slot of each row's own entry
+  // Gather + SDPA path only:
   at::Tensor padded_index;   // [rows] int64 position of each row in [groups * max_queries]
   at::Tensor context_slots;  // [groups * max_context] int64 flat slots (0 = padding)
   at::Tensor mask;           // [groups, 1, max_queries, max_context] bool, true = attend
 };
 
+// `cpu_kernel` selects the CPU paged kernel (device must be the CPU).
 AttentionBatch BuildAttentionBatch(const LevelQueries& queries, int32_t block_size,
-                                   at::Device device);
+                                   at::Device device, bool cpu_kernel);
 
 // Writes `k`, `v` ([rows, kv_heads, head_dim]) into the layer caches at the
 // rows' own slots.

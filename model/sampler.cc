@@ -15,8 +15,19 @@
 #pragma clang fp contract(off)
 #endif
 
+// The O(vocab) loops below are written to vectorise. On x86-64 Linux with GCC they
+// are also compiled for AVX2 (without FMA, so every clone computes bit-identical
+// results) and picked at load time.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define MOR_SAMPLER_KERNEL __attribute__((target_clones("avx2", "default"), noinline))
+#else
+#define MOR_SAMPLER_KERNEL
+#endif
+
 namespace mor {
 namespace {
+
+using sampler_internal::Candidate;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kMaxFinite = std::numeric_limits<float>::max();
@@ -24,8 +35,8 @@ constexpr float kMaxFinite = std::numeric_limits<float>::max();
 // Histogram of scaled logits used to bound top_k / top_p: bucket b holds the tokens
 // with (max - logit) / temperature in [b, b + 1) / kBucketsPerNat. Tokens beyond the
 // last bucket are more than 90 nats below the best one: their float weight is 0.
-constexpr float kBucketsPerNat = 16.0f;
-constexpr int kNumBuckets = 90 * 16;
+constexpr float kBucketsPerNat = 64.0f;
+constexpr int kNumBuckets = 90 * 64;
 
 // Weights below exp(kExpFloor) are flushed to 0 (kExpFloor > -90, see above).
 constexpr float kExpFloor = -87.0f;
@@ -59,16 +70,21 @@ inline float ExpNonPositive(float x) {
   return std::bit_cast<float>(std::bit_cast<uint32_t>(y) & keep);
 }
 
+// Combines 8 double lanes in a fixed order.
+inline double CombineLanes(const double* acc) {
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 // Sum in double with 8 interleaved accumulators combined in a fixed order:
 // deterministic, and not bound by the latency of one addition chain.
-inline double SumLanes(const float* w, size_t n) {
+MOR_SAMPLER_KERNEL double SumLanes(const float* w, size_t n) {
   double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {
     for (int j = 0; j < 8; ++j) acc[j] += static_cast<double>(w[i + j]);
   }
   for (int j = 0; i < n; ++i, ++j) acc[j] += static_cast<double>(w[i]);
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  return CombineLanes(acc);
 }
 
 // Maps a float to an int32 with the same order (for non-NaN values); an involution.
@@ -78,10 +94,163 @@ inline int32_t OrderKey(float x) {
 }
 
 // Max of z[0, n) (n > 0; no NaN), via integer keys so that the loop vectorises.
-inline float MaxLanes(const float* z, size_t n) {
+MOR_SAMPLER_KERNEL float MaxLanes(const float* z, size_t n) {
   int32_t m = std::numeric_limits<int32_t>::min();
   for (size_t i = 0; i < n; ++i) m = std::max(m, OrderKey(z[i]));
   return std::bit_cast<float>(OrderKey(std::bit_cast<float>(m)));
+}
+
+// z[i] = logits[i] with NaN -> -inf and +inf -> the largest finite float.
+MOR_SAMPLER_KERNEL void Sanitize(const float* logits, float* z, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const float x = logits[i];
+    const float y = x != x ? -kInf : x;
+    z[i] = y > kMaxFinite ? kMaxFinite : y;
+  }
+}
+
+// w[i] = exp(z[i] - m); returns the sum of w (as SumLanes(w, n) would).
+MOR_SAMPLER_KERNEL double ExpShifted(const float* z, float* w, size_t n, float m) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) {
+      const float e = ExpNonPositive(z[i + j] - m);
+      w[i + j] = e;
+      acc[j] += static_cast<double>(e);
+    }
+  }
+  for (int j = 0; i < n; ++i, ++j) {
+    w[i] = ExpNonPositive(z[i] - m);
+    acc[j] += static_cast<double>(w[i]);
+  }
+  return CombineLanes(acc);
+}
+
+// w[i] = exp((z[i] - m) / temperature); returns the sum of w (as SumLanes(w, n)).
+MOR_SAMPLER_KERNEL double ExpScaled(const float* z, float* w, size_t n, float m,
+                                    float temperature) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) {
+      const float e = ExpNonPositive((z[i + j] - m) / temperature);
+      w[i + j] = e;
+      acc[j] += static_cast<double>(e);
+    }
+  }
+  for (int j = 0; i < n; ++i, ++j) {
+    w[i] = ExpNonPositive((z[i] - m) / temperature);
+    acc[j] += static_cast<double>(w[i]);
+  }
+  return CombineLanes(acc);
+}
+
+// The first i with z[i] == v (n when none).
+MOR_SAMPLER_KERNEL size_t FirstIndexOf(const float* z, size_t n, float v) {
+  constexpr size_t kSpan = 64;
+  for (size_t base = 0; base < n; base += kSpan) {
+    const size_t len = std::min(kSpan, n - base);
+    int32_t any = 0;
+    for (size_t j = 0; j < len; ++j) any |= static_cast<int32_t>(z[base + j] == v);
+    if (any == 0) continue;
+    for (size_t j = 0; j < len; ++j) {
+      if (z[base + j] == v) return base + j;
+    }
+  }
+  return n;
+}
+
+// Tokens are processed in chunks so that stretches without interesting tokens cost
+// only vector work.
+constexpr size_t kChunk = 32;
+
+// Layout of the histogram: kHistCopies interleaved copies (token j of a chunk goes
+// to copy j % kHistCopies, so runs of one bucket do not serialise on one counter),
+// each with kNumBuckets buckets, the overflow bucket, and one scratch slot per chunk
+// position for the tokens beyond the cap (keeps the scatter branch-free without a
+// dependency chain on one slot).
+constexpr int kHistCopies = 4;
+constexpr size_t kHistStride = kNumBuckets + 1 + kChunk;
+
+// bucket[i] = min(floor((m - z[i]) * scale), cap), and the count and (if `mass`
+// is non-null) the mass (sum of w) of every bucket below `cap`: each copy is
+// accumulated in id order and the copies are then added in a fixed order into
+// copy 0. Chunks without a token below `cap` skip the scatter. count and mass hold
+// kHistCopies * kHistStride zeroed entries.
+MOR_SAMPLER_KERNEL void BucketHistogram(const float* z, const float* w, uint16_t* bucket,
+                                        size_t n, float m, float scale, int32_t cap,
+                                        int32_t* count, double* mass) {
+  const float overflow = static_cast<float>(cap);
+  int32_t slot[kChunk];
+  for (size_t base = 0; base < n; base += kChunk) {
+    const int32_t len = static_cast<int32_t>(std::min(kChunk, n - base));
+    const float* zc = z + base;
+    uint16_t* bc = bucket + base;
+    int32_t any = 0;
+    for (int32_t j = 0; j < len; ++j) {
+      const float d = (m - zc[j]) * scale;
+      const int32_t b = static_cast<int32_t>(d < overflow ? d : overflow);
+      bc[j] = static_cast<uint16_t>(b);
+      any |= static_cast<int32_t>(b < cap);
+      slot[j] = (j % kHistCopies) * static_cast<int32_t>(kHistStride) + (b < cap ? b : cap + 1 + j);
+    }
+    if (any == 0) continue;
+    if (mass != nullptr) {
+      const float* wc = w + base;
+      for (int32_t j = 0; j < len; ++j) {
+        ++count[slot[j]];
+        mass[slot[j]] += static_cast<double>(wc[j]);
+      }
+    } else {
+      for (int32_t j = 0; j < len; ++j) ++count[slot[j]];
+    }
+  }
+  static_assert(kHistCopies == 4);
+  constexpr size_t s = kHistStride;
+  for (int32_t b = 0; b < cap; ++b) {
+    count[b] = (count[b] + count[s + b]) + (count[2 * s + b] + count[3 * s + b]);
+  }
+  if (mass != nullptr) {
+    for (int32_t b = 0; b < cap; ++b) {
+      mass[b] = (mass[b] + mass[s + b]) + (mass[2 * s + b] + mass[3 * s + b]);
+    }
+  }
+}
+
+// The tokens of bucket `b`, in id order, into `out` (room for their count + 1:
+// the compaction below stores unconditionally).
+MOR_SAMPLER_KERNEL void GatherBucket(const float* z, const float* w, const uint16_t* bucket,
+                                     size_t n, uint16_t b, Candidate* out) {
+  int32_t hit[kChunk];
+  size_t k = 0;
+  for (size_t base = 0; base < n; base += kChunk) {
+    const size_t len = std::min(kChunk, n - base);
+    const uint16_t* bc = bucket + base;
+    int32_t any = 0;
+    for (size_t j = 0; j < len; ++j) {
+      hit[j] = static_cast<int32_t>(bc[j] == b);
+      any |= hit[j];
+    }
+    if (any == 0) continue;
+    for (size_t j = 0; j < len; ++j) {  // branch-free compaction
+      const size_t i = base + j;
+      out[k] = Candidate{z[i], w[i], static_cast<int32_t>(i)};
+      k += static_cast<size_t>(hit[j]);
+    }
+  }
+}
+
+// Zeroes w[i] unless token i comes no later than (tz, tid) in (logit desc, id asc)
+// order and w[i] >= min_p.
+MOR_SAMPLER_KERNEL void MaskWeights(const float* z, float* w, int32_t n, float tz, int32_t tid,
+                                    float min_p) {
+  for (int32_t i = 0; i < n; ++i) {
+    const float zi = z[i];
+    const float wi = w[i];
+    const bool keep = (zi > tz) | ((zi == tz) & (i <= tid));
+    w[i] = keep & (wi >= min_p) ? wi : 0.0f;
+  }
 }
 
 // Index drawn with probability w[i] / sum(w) (u in [0, 1)), or -1 when the sum is
@@ -124,91 +293,90 @@ int64_t SampleIndex(const float* w, size_t n, double u, std::vector<double>& blo
   return last_positive;  // rounding: u * total reached the total
 }
 
-using sampler_internal::Candidate;
-
 // Strict total order: larger logit first, then lower id.
 inline bool Before(const Candidate& a, const Candidate& b) {
   return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
 }
 
-// Rearranges [first, last) so that [first, first + r) holds its r first elements in
-// Before order, sorted. Deterministic: that set is unique, and then sorted.
-void SelectSorted(Candidate* first, Candidate* last, size_t r) {
-  Candidate* mid = first + r;
-  if (mid < last) std::nth_element(first, mid, last, Before);
-  std::sort(first, mid, Before);
+// The last of the first r elements (1 <= r <= n) of [first, last) in Before order,
+// moving those r elements to the front (in no particular order). The element and the
+// set are unique, so the result does not depend on the library's nth_element.
+Candidate SelectFirst(Candidate* first, Candidate* last, size_t r) {
+  if (first + r < last) std::nth_element(first, first + r - 1, last, Before);
+  return *std::max_element(first, first + r, Before);
 }
 
-// top_p inside one range: an element is kept iff the mass before it (`before`, the
-// mass ahead of the range, plus the elements ahead of it in the range) is < `target`.
-// Returns the number kept and leaves them first, sorted. Sorts only as many chunks
-// as needed (64, 128, ...), so a boundary found early costs O(n).
-size_t TopPCut(Candidate* first, Candidate* last, double before, double target) {
-  const size_t n = static_cast<size_t>(last - first);
-  size_t done = 0;
-  size_t chunk = 64;
-  while (done < n) {
-    const size_t c = std::min(chunk, n - done);
-    SelectSorted(first + done, last, c);
-    for (size_t i = done; i < done + c; ++i) {
-      if (!(before < target)) return i;
-      before += static_cast<double>(first[i].weight);
+// Weights in fixed point for top_p inside a bucket: integer sums are exact, so the
+// mass of a set does not depend on the order in which a selection visits it.
+constexpr double kFixedOne = 0x1.0p40;
+inline int64_t Fixed(float w) { return static_cast<int64_t>(static_cast<double>(w) * kFixedOne); }
+
+// top_p inside one bucket: an element is kept iff `before` (the mass ahead of the
+// range) plus the mass of the range's elements ahead of it is < `target`. Returns
+// the last kept element (in Before order); moves the kept ones to the front.
+// Weighted quickselect: O(n) expected, no sort.
+Candidate TopPCut(Candidate* first, Candidate* last, double before, double target) {
+  auto kept = [&](int64_t ahead) { return before + static_cast<double>(ahead) / kFixedOne < target; };
+  Candidate* lo = first;  // [first, lo): kept; [hi, last): dropped
+  Candidate* hi = last;
+  int64_t ahead = 0;  // fixed-point mass of [first, lo)
+  while (hi - lo > 16) {
+    Candidate* mid = lo + (hi - lo) / 2;
+    std::nth_element(lo, mid, hi, Before);
+    int64_t left = 0;
+    for (const Candidate* c = lo; c < mid; ++c) left += Fixed(c->weight);
+    if (kept(ahead + left)) {  // *mid and everything before it are kept
+      ahead += left + Fixed(mid->weight);
+      lo = mid + 1;
+    } else {
+      hi = mid;
     }
-    done += c;
-    chunk *= 2;
   }
-  return n;
+  std::sort(lo, hi, Before);
+  while (lo < hi && kept(ahead)) ahead += Fixed((lo++)->weight);
+  if (lo == first) ++lo;  // the first element is always kept (callers ensure this anyway)
+  return *std::max_element(first, lo, Before);
 }
 
-// The tokens of bucket `b`, in id order.
-void GatherBucket(const float* z, const float* w, const uint16_t* bucket, size_t vocab, int b,
-                  int32_t count, std::vector<Candidate>& out) {
-  out.resize(count);
-  Candidate* c = out.data();
-  for (size_t i = 0; i < vocab; ++i) {
-    if (bucket[i] == b) *c++ = Candidate{z[i], w[i], static_cast<int32_t>(i)};
-  }
-}
+struct ThresholdResult {
+  bool decided = false;  // false: the boundary may lie beyond the histogram's cap
+  std::optional<Candidate> threshold;
+};
 
-// The last token kept by top_k and top_p (in Before order), or nullopt when they
-// keep everything. z: penalised logits (max m); w: exp((z - m) / temperature).
-//
-// A histogram of (m - z) / temperature in buckets of 1/kBucketsPerNat nats (monotone
-// in z) locates the bucket holding the boundary; only that bucket is then gathered
-// and partially sorted.
-std::optional<Candidate> FindThreshold(const SamplingParams& params, const float* z,
-                                       const float* w, size_t vocab, float m,
-                                       sampler_internal::Scratch& ws) {
+// FindThreshold() with a histogram of the buckets below `cap` only. `total_mass`
+// (sum of w) is used by top_p when top_k is off.
+ThresholdResult FindThresholdCapped(const SamplingParams& params, const float* z, const float* w,
+                                    size_t vocab, float m, int cap, double total_mass,
+                                    sampler_internal::Scratch& ws) {
   const bool use_top_k = params.top_k > 0 && static_cast<size_t>(params.top_k) < vocab;
   const bool use_top_p = params.top_p < 1.0f;
-  if (!use_top_k && !use_top_p) return std::nullopt;
-
-  // Bucket of every token; kNumBuckets (an overflow bucket) for weight-0 tokens.
+  const bool full = cap == kNumBuckets;
   ws.buckets.resize(vocab);
   uint16_t* bucket = ws.buckets.data();
-  const float scale = kBucketsPerNat / params.temperature;
-  const float overflow = static_cast<float>(kNumBuckets);
-  for (size_t i = 0; i < vocab; ++i) {
-    const float d = (m - z[i]) * scale;
-    bucket[i] = static_cast<uint16_t>(static_cast<int32_t>(d < overflow ? d : overflow));
-  }
-  ws.bucket_count.assign(kNumBuckets + 1, 0);
-  ws.bucket_mass.assign(kNumBuckets + 1, 0.0);
+  ws.bucket_count.resize(kHistCopies * kHistStride);
+  ws.bucket_mass.resize(kHistCopies * kHistStride);
   int32_t* count = ws.bucket_count.data();
   double* mass = ws.bucket_mass.data();
-  for (size_t i = 0; i < vocab; ++i) {
-    ++count[bucket[i]];
-    mass[bucket[i]] += static_cast<double>(w[i]);
+  for (int c = 0; c < kHistCopies; ++c) {  // the slots BucketHistogram touches
+    std::fill_n(count + c * kHistStride, cap + 1 + kChunk, 0);
+    if (use_top_p) std::fill_n(mass + c * kHistStride, cap + 1 + kChunk, 0.0);
   }
-
+  BucketHistogram(z, w, bucket, vocab, m, kBucketsPerNat / params.temperature, cap, count,
+                  use_top_p ? mass : nullptr);
   std::vector<Candidate>& cand = ws.candidates;
-  std::optional<Candidate> threshold;
-  // top_k: the k-th token lies in bucket k_bucket, as element `need` of it.
+  auto gather = [&](int b) {
+    cand.resize(count[b] + 1);
+    GatherBucket(z, w, bucket, vocab, static_cast<uint16_t>(b), cand.data());
+    cand.pop_back();
+  };
+
+  ThresholdResult result;
+  // top_k: the k-th token is element `need` of bucket k_bucket.
   int k_bucket = -1;
   size_t need = 0;
   if (use_top_k) {
     int64_t cum = 0;
-    for (int b = 0; b < kNumBuckets; ++b) {
+    for (int b = 0; b < cap; ++b) {
       if (cum + count[b] >= params.top_k) {
         k_bucket = b;
         need = static_cast<size_t>(params.top_k - cum);
@@ -216,41 +384,68 @@ std::optional<Candidate> FindThreshold(const SamplingParams& params, const float
       }
       cum += count[b];
     }
+    if (k_bucket < 0 && !full) return result;  // undecided
   }
   if (k_bucket >= 0) {  // else fewer than k tokens have a non-zero weight
-    GatherBucket(z, w, bucket, vocab, k_bucket, count[k_bucket], cand);
-    if (need < cand.size()) {
-      SelectSorted(cand.data(), cand.data() + cand.size(), need);
-      threshold = cand[need - 1];
-      cand.resize(need);
-    } else {
-      threshold = *std::max_element(cand.begin(), cand.end(), Before);
-    }
+    gather(k_bucket);
+    result.threshold = SelectFirst(cand.data(), cand.data() + cand.size(), need);
+    cand.resize(need);
   }
-  if (!use_top_p) return threshold;
+  result.decided = true;
+  if (!use_top_p) return result;
 
   // top_p over the top-k distribution (all tokens when top_k is off).
-  const int last_bucket = k_bucket >= 0 ? k_bucket : kNumBuckets;  // exclusive
-  double total = 0.0;
-  for (int b = 0; b < last_bucket; ++b) total += mass[b];
+  const int end_bucket = k_bucket >= 0 ? k_bucket : cap;
+  double total = total_mass;
   if (k_bucket >= 0) {
+    total = 0.0;
+    for (int b = 0; b < end_bucket; ++b) total += mass[b];
     for (const Candidate& c : cand) total += static_cast<double>(c.weight);
   }
   const double target = static_cast<double>(params.top_p) * total;
   double before = 0.0;
-  for (int b = 0; b < last_bucket; ++b) {
+  for (int b = 0; b < end_bucket; ++b) {
     if (before + mass[b] >= target) {
-      GatherBucket(z, w, bucket, vocab, b, count[b], cand);
-      const size_t cut = TopPCut(cand.data(), cand.data() + cand.size(), before, target);
-      return cand[std::max<size_t>(cut, 1) - 1];
+      gather(b);
+      result.threshold = TopPCut(cand.data(), cand.data() + cand.size(), before, target);
+      return result;
     }
     before += mass[b];
   }
   if (k_bucket >= 0) {  // the boundary is among the top-k part of k_bucket
-    const size_t cut = TopPCut(cand.data(), cand.data() + cand.size(), before, target);
-    return cand[std::max<size_t>(cut, 1) - 1];
+    result.threshold = TopPCut(cand.data(), cand.data() + cand.size(), before, target);
+    return result;
   }
-  return std::nullopt;  // rounding: the whole mass is needed
+  result.decided = full;  // full: rounding left the target unreached, keep everything
+  return result;
+}
+
+// The last token kept by top_k and top_p (in Before order), or nullopt when they
+// keep everything. z: penalised logits (max m); w: exp((z - m) / temperature).
+//
+// A histogram of (m - z) / temperature in buckets of 1/kBucketsPerNat nats (monotone
+// in z) locates the bucket holding the boundary; only that bucket is then gathered
+// and partially sorted. The histogram first covers only the top `cap` buckets
+// (where the boundary almost always is; a heuristic that never changes the result)
+// and is redone in full when the boundary is not found there.
+std::optional<Candidate> FindThreshold(const SamplingParams& params, const float* z,
+                                       const float* w, size_t vocab, float m, double total_mass,
+                                       sampler_internal::Scratch& ws) {
+  const bool use_top_k = params.top_k > 0 && static_cast<size_t>(params.top_k) < vocab;
+  const bool use_top_p = params.top_p < 1.0f;
+  if (!use_top_k && !use_top_p) return std::nullopt;
+  int cap = static_cast<int>(24 * kBucketsPerNat);
+  if (!use_top_k) {
+    // Tokens more than x nats below the best hold at most vocab * exp(-x) of the
+    // mass (>= 1), which is < 1 - top_p for x > log(vocab / (1 - top_p)).
+    const double nats =
+        std::log(static_cast<double>(vocab) / (1.0 - static_cast<double>(params.top_p))) + 1.0;
+    cap = static_cast<int>(std::ceil(nats * kBucketsPerNat));
+  }
+  cap = std::clamp(cap, static_cast<int>(4 * kBucketsPerNat), kNumBuckets);
+  ThresholdResult r = FindThresholdCapped(params, z, w, vocab, m, cap, total_mass, ws);
+  if (!r.decided) r = FindThresholdCapped(params, z, w, vocab, m, kNumBuckets, total_mass, ws);
+  return r.threshold;
 }
 
 std::string FloatStr(float v) { return absl::StrCat(v); }
@@ -334,11 +529,7 @@ SampledToken SequenceSampler::Sample(absl::Span<const float> logits, SamplerWork
   // 1. Sanitise and apply the repetition penalty.
   ws.scratch_.logits.resize(vocab);
   float* z = ws.scratch_.logits.data();
-  for (size_t i = 0; i < vocab; ++i) {
-    const float x = logits[i];
-    const float y = x != x ? -kInf : x;
-    z[i] = y > kMaxFinite ? kMaxFinite : y;
-  }
+  Sanitize(logits.data(), z, vocab);
   const float penalty = params_.repetition_penalty;
   if (penalty != 1.0f) {
     for (const int32_t t : seen_) {
@@ -351,17 +542,17 @@ SampledToken SequenceSampler::Sample(absl::Span<const float> logits, SamplerWork
 
   // Raw log-normaliser (after the penalty, before temperature).
   const float m = MaxLanes(z, vocab);
-  size_t argmax = 0;
-  while (z[argmax] != m) ++argmax;
+  const size_t argmax = std::min(FirstIndexOf(z, vocab, m), vocab - 1);
   ws.scratch_.weights.resize(vocab);
   float* w = ws.scratch_.weights.data();
-  double log_norm;  // log sum exp(z)
+  double log_norm;        // log sum exp(z)
+  double raw_mass = 0.0;  // sum exp(z - m)
   if (m == -kInf) {
     // Every logit is -inf / NaN: nothing is likely; return token 0.
     log_norm = kInf;
   } else {
-    for (size_t i = 0; i < vocab; ++i) w[i] = ExpNonPositive(z[i] - m);
-    log_norm = static_cast<double>(m) + std::log(SumLanes(w, vocab));
+    raw_mass = ExpShifted(z, w, vocab, m);
+    log_norm = static_cast<double>(m) + std::log(raw_mass);
   }
   auto logprob = [&](int32_t id) {
     return static_cast<float>(static_cast<double>(z[id]) - log_norm);
@@ -371,22 +562,16 @@ SampledToken SequenceSampler::Sample(absl::Span<const float> logits, SamplerWork
   int32_t token = static_cast<int32_t>(argmax);
   if (!params_.is_greedy() && m != -kInf) {
     const float temperature = params_.temperature;
-    if (temperature != 1.0f) {
-      for (size_t i = 0; i < vocab; ++i) w[i] = ExpNonPositive((z[i] - m) / temperature);
-    }
-    const std::optional<Candidate> threshold = FindThreshold(params_, z, w, vocab, m, ws.scratch_);
+    const double mass =
+        temperature != 1.0f ? ExpScaled(z, w, vocab, m, temperature) : raw_mass;  // sum of w
+    const std::optional<Candidate> threshold =
+        FindThreshold(params_, z, w, vocab, m, mass, ws.scratch_);
     const float min_p = params_.min_p;
     if (threshold.has_value() || min_p > 0.0f) {
       // Zero the weights of the tokens after the threshold and below min_p.
       const float tz = threshold.has_value() ? threshold->logit : -kInf;
       const int32_t tid = threshold.has_value() ? threshold->id : vocab;
-      const int32_t n = static_cast<int32_t>(vocab);
-      for (int32_t i = 0; i < n; ++i) {
-        const float zi = z[i];
-        const float wi = w[i];
-        const bool keep = (zi > tz) | ((zi == tz) & (i <= tid));
-        w[i] = keep & (wi >= min_p) ? wi : 0.0f;
-      }
+      MaskWeights(z, w, static_cast<int32_t>(vocab), tz, tid, min_p);
     }
     const int64_t chosen = SampleIndex(w, vocab, NextUniform(), ws.scratch_.block_sums);
     if (chosen >= 0) token = static_cast<int32_t>(chosen);

@@ -117,8 +117,12 @@ absl::StatusOr<std::unique_ptr<TorchModelRunner>> TorchModelRunner::Create(
         plan.num_unique_layers == 0
             ? 0
             : (options.num_unique_blocks > 0 ? options.num_unique_blocks : options.num_depth_blocks);
+    if (options.attention != "auto" && options.attention != "sdpa") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("attention '", options.attention, "': expected auto or sdpa"));
+    }
     auto model = std::make_unique<MorModel>(std::move(config), std::move(weights), geometry,
-                                            dtype, device);
+                                            dtype, device, options.attention);
     return std::unique_ptr<TorchModelRunner>(
         new TorchModelRunner(std::move(model), CanonicalDType(dtype)));
   } catch (const std::exception& e) {
