@@ -54,8 +54,9 @@ struct Engine {
 };
 
 Engine MakeEngine(const ParityCase& c, const std::string& dtype = "float32",
-                  int32_t block_size = 4) {
+                  int32_t block_size = 4, const std::string& attention = "auto") {
   ModelRunnerOptions options;
+  options.attention = attention;
   options.model_dir = c.model_dir;
   options.device = kDevice;
   options.dtype = dtype;
@@ -202,9 +203,9 @@ TEST_F(ParityTest, PrefillChunkedAndDecodeMatchReference) {
 
 // All sequences of a case in one batch, each with a different policy and a
 // different chunk size (prefill chunks and decode tokens mixed in one step).
-TEST_F(ParityTest, MixedBatchMatchesReference) {
-  for (const ParityCase& c : cases_) {
-    Engine engine = MakeEngine(c, "float32", /*block_size=*/3);
+void ExpectMixedBatchesMatch(const std::vector<ParityCase>& cases, const std::string& attention) {
+  for (const ParityCase& c : cases) {
+    Engine engine = MakeEngine(c, "float32", /*block_size=*/3, attention);
     ASSERT_NE(engine.runner, nullptr);
     auto expected = ParityExpectations::Open(c);
     ASSERT_TRUE(expected.ok()) << expected.status();
@@ -221,10 +222,18 @@ TEST_F(ParityTest, MixedBatchMatchesReference) {
       }
       auto runs = RunBatched(engine, seqs, policies, chunk_sizes);
       for (int seq = 0; seq < c.num_sequences; ++seq) {
-        ExpectRunMatches(c, *expected, policy_names[seq], seq, runs[seq], "batched");
+        ExpectRunMatches(c, *expected, policy_names[seq], seq, runs[seq],
+                         absl::StrCat("batched, attention ", attention));
       }
     }
   }
+}
+
+TEST_F(ParityTest, MixedBatchMatchesReference) { ExpectMixedBatchesMatch(cases_, "auto"); }
+
+// The gather + SDPA attention path (the one CUDA uses) on the CPU too.
+TEST_F(ParityTest, MixedBatchMatchesReferenceWithSdpaAttention) {
+  ExpectMixedBatchesMatch(cases_, "sdpa");
 }
 
 // Vanilla checkpoints in plain HF Llama naming equal HF transformers.
