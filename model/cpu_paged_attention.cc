@@ -55,15 +55,16 @@ __attribute__((always_inline)) inline void AttendOneKvHead(
     }
   }
   for (int h = 0; h < group_heads; ++h) {
-    for (int d = 0; d < head_dim; ++d) out[h * head_dim + d] = static_cast<T>(acc[h * head_dim + d]);
+    for (int d = 0; d < head_dim; ++d)
+      out[h * head_dim + d] = static_cast<T>(acc[h * head_dim + d]);
   }
 }
 
 template <typename T>
 __attribute__((target_clones("avx512f", "avx2", "default"))) void AttendRange(
-    int64_t begin, int64_t end, const T* q, int64_t q_row_stride, int64_t q_head_stride,
-    int heads, int kv_heads, int head_dim, const T* k_cache, const T* v_cache,
-    const CpuPagedRows& rows, T* out) {
+    int64_t begin, int64_t end, const T* q, int64_t q_row_stride, int64_t q_head_stride, int heads,
+    int kv_heads, int head_dim, const T* k_cache, const T* v_cache, const CpuPagedRows& rows,
+    T* out) {
   const int group_heads = heads / kv_heads;
   const int64_t slot_stride = int64_t{kv_heads} * head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
@@ -80,9 +81,9 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void AttendRange(
     const int32_t group = rows.row_group[row];
     AttendOneKvHead<T>(q + row * q_row_stride + g * group_heads * q_head_stride, q_head_stride,
                        group_heads, head_dim, k_cache + g * head_dim, v_cache + g * head_dim,
-                       slot_stride, rows.blocks.data() + rows.group_offset[group],
-                       rows.block_size, rows.row_context[row], scale, scores.data(), acc.data(),
-                       qf.data(), out + row * heads * head_dim + g * group_heads * head_dim);
+                       slot_stride, rows.blocks.data() + rows.group_offset[group], rows.block_size,
+                       rows.row_context[row], scale, scores.data(), acc.data(), qf.data(),
+                       out + row * heads * head_dim + g * group_heads * head_dim);
   }
 }
 

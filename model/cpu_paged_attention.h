@@ -15,8 +15,8 @@ namespace mor {
 // Host-side block tables of the rows of one level in one step.
 struct CpuPagedRows {
   int32_t block_size = 16;
-  std::vector<int32_t> row_group;    // [rows] group (sequence) of each row
-  std::vector<int32_t> row_context;  // [rows] entries the row attends to (causal)
+  std::vector<int32_t> row_group;     // [rows] group (sequence) of each row
+  std::vector<int32_t> row_context;   // [rows] entries the row attends to (causal)
   std::vector<int64_t> group_offset;  // [groups + 1] ranges of `blocks`
   std::vector<int32_t> blocks;        // every group's block ids, concatenated
 };

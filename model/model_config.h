@@ -57,8 +57,8 @@ struct ModelConfig {
   int64_t max_position_embeddings = 2048;
   bool tie_word_embeddings = true;
   std::string hidden_act = "silu";
-  int64_t bos_token_id = -1;               // -1: none
-  std::vector<int64_t> eos_token_ids;      // may be empty
+  int64_t bos_token_id = -1;           // -1: none
+  std::vector<int64_t> eos_token_ids;  // may be empty
 
   // MoR fields. A vanilla model has sharing == kNone and num_recursions == 1.
   int num_recursions = 1;

@@ -34,7 +34,7 @@ enum class LogitsRequest { kNone, kLast, kAll };
 // New tokens of one sequence for this step.
 struct SequenceChunk {
   std::span<const int32_t> tokens;  // non-empty
-  int32_t start_position = 0;        // absolute position of tokens[0]
+  int32_t start_position = 0;       // absolute position of tokens[0]
   DepthPolicy policy;
   SequenceKv* kv = nullptr;  // the sequence's tables; appended to in place
   LogitsRequest logits = LogitsRequest::kLast;
@@ -88,12 +88,12 @@ class ModelRunner {
 
 struct ModelRunnerOptions {
   std::string model_dir;
-  std::string device = "cpu";    // cpu | cuda | cuda:N
+  std::string device = "cpu";     // cpu | cuda | cuda:N
   std::string dtype = "float32";  // float32 | bfloat16 | float16 (cuda only)
   int32_t block_size = 16;
-  int64_t num_depth_blocks = 1024;   // depth-pool capacity (incl. reserved block 0)
-  int64_t num_unique_blocks = 0;     // 0: same as num_depth_blocks
-  int32_t num_threads = 0;           // intra-op CPU threads; 0 = all cores
+  int64_t num_depth_blocks = 1024;  // depth-pool capacity (incl. reserved block 0)
+  int64_t num_unique_blocks = 0;    // 0: same as num_depth_blocks
+  int32_t num_threads = 0;          // intra-op CPU threads; 0 = all cores
   // Attention kernel: "auto" (paged CPU kernel on CPU, gather + SDPA on CUDA)
   // or "sdpa" (gather + SDPA everywhere; for comparison).
   std::string attention = "auto";

@@ -57,9 +57,9 @@ MorModel::MorModel(ModelConfig config, MorWeights weights, const KvCacheGeometry
 }
 
 at::Tensor MorModel::IndexTensor(const std::vector<int64_t>& rows) const {
-  at::Tensor t = at::from_blob(const_cast<int64_t*>(rows.data()),
-                               {static_cast<int64_t>(rows.size())},
-                               at::TensorOptions().dtype(at::kLong));
+  at::Tensor t =
+      at::from_blob(const_cast<int64_t*>(rows.data()), {static_cast<int64_t>(rows.size())},
+                    at::TensorOptions().dtype(at::kLong));
   return device_.is_cpu() ? t.clone() : t.to(device_);
 }
 
@@ -69,8 +69,7 @@ at::Tensor MorModel::RmsNorm(const at::Tensor& x, const at::Tensor& weight) cons
   return weight * xf.to(x.scalar_type());
 }
 
-at::Tensor MorModel::Rope(const at::Tensor& x, const at::Tensor& cos,
-                          const at::Tensor& sin) const {
+at::Tensor MorModel::Rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
   // x: [rows, heads, head_dim]; cos/sin: [rows, 1, head_dim / 2] in x's dtype.
   const int64_t half = x.size(-1) / 2;
   at::Tensor x1 = x.narrow(-1, 0, half);
@@ -78,9 +77,8 @@ at::Tensor MorModel::Rope(const at::Tensor& x, const at::Tensor& cos,
   return at::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
 }
 
-at::Tensor MorModel::DecoderLayer(const LayerWeights& w, const at::Tensor& x,
-                                  const at::Tensor& cos, const at::Tensor& sin,
-                                  at::Tensor k_cache, at::Tensor v_cache,
+at::Tensor MorModel::DecoderLayer(const LayerWeights& w, const at::Tensor& x, const at::Tensor& cos,
+                                  const at::Tensor& sin, at::Tensor k_cache, at::Tensor v_cache,
                                   const AttentionBatch& batch, bool write_kv) const {
   const int64_t rows = x.size(0);
   const int64_t heads = config_.num_attention_heads;
@@ -90,9 +88,8 @@ at::Tensor MorModel::DecoderLayer(const LayerWeights& w, const at::Tensor& x,
   at::Tensor q;
   if (write_kv) {
     // RoPE on q and k in one pass: they are adjacent in the fused projection.
-    at::Tensor qk =
-        Rope(qkv.narrow(1, 0, (heads + kv_heads) * hd).view({rows, heads + kv_heads, hd}), cos,
-             sin);
+    at::Tensor qk = Rope(
+        qkv.narrow(1, 0, (heads + kv_heads) * hd).view({rows, heads + kv_heads, hd}), cos, sin);
     q = qk.narrow(1, 0, heads);
     at::Tensor k = qk.narrow(1, heads, kv_heads);
     at::Tensor v = qkv.narrow(1, (heads + kv_heads) * hd, kv_heads * hd).view({rows, kv_heads, hd});
@@ -189,9 +186,9 @@ absl::Status MorModel::RunUniqueLayers(const std::vector<int>& layers, const Ste
   return absl::OkStatus();
 }
 
-absl::Status MorModel::RunExpertChoice(const StepRows& step, at::Tensor& h,
-                                       const at::Tensor& cos, const at::Tensor& sin,
-                                       KvBlockAllocator& allocator, StepResult& result) {
+absl::Status MorModel::RunExpertChoice(const StepRows& step, at::Tensor& h, const at::Tensor& cos,
+                                       const at::Tensor& sin, KvBlockAllocator& allocator,
+                                       StepResult& result) {
   const int nr = config_.num_recursions;
   const int64_t total = static_cast<int64_t>(step.all_rows.size());
   std::vector<int64_t> candidates = step.all_rows;

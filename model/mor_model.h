@@ -56,9 +56,8 @@ class MorModel {
   // level; grows the tables through `allocator` when `write` is set.
   absl::StatusOr<AttentionBatch> PrepareLevel(const StepRows& step,
                                               const std::vector<int64_t>& rows,
-                                              std::vector<KvTable*>& tables, KvPool pool,
-                                              int depth, bool write,
-                                              KvBlockAllocator& allocator);
+                                              std::vector<KvTable*>& tables, KvPool pool, int depth,
+                                              bool write, KvBlockAllocator& allocator);
   static void CommitLevel(const StepRows& step, const std::vector<int64_t>& rows,
                           std::vector<KvTable*>& tables);
 

@@ -22,9 +22,9 @@ absl::StatusOr<at::ScalarType> ToScalarType(const TensorView& view) {
     case TensorDType::kF16:
       return at::kHalf;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(view.file, ": tensor '", view.name,
-                                                     "' has dtype ", std::string(TensorDTypeName(view.dtype)),
-                                                     "; weights must be F32, BF16 or F16"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          view.file, ": tensor '", view.name, "' has dtype ",
+          std::string(TensorDTypeName(view.dtype)), "; weights must be F32, BF16 or F16"));
   }
 }
 
@@ -66,9 +66,9 @@ class TensorReader {
       if (&name == found || !checkpoint_.Contains(name)) continue;
       MOR_ASSIGN_OR_RETURN(TensorView other, checkpoint_.Get(name));
       if (other.shape != view.shape) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            other.file, ": tensor '", name, "' has shape ", ShapeString(other.shape),
-            " but its tied alias '", view.name, "' has ", ShapeString(view.shape)));
+        return absl::InvalidArgumentError(
+            absl::StrCat(other.file, ": tensor '", name, "' has shape ", ShapeString(other.shape),
+                         " but its tied alias '", view.name, "' has ", ShapeString(view.shape)));
       }
     }
     MOR_ASSIGN_OR_RETURN(at::ScalarType disk_type, ToScalarType(view));
@@ -128,12 +128,11 @@ absl::StatusOr<RouterWeights> ReadRouter(TensorReader& reader, const ModelConfig
   const int64_t d = config.hidden_size;
   RouterWeights router;
   if (config.router_arch == RouterArch::kLinear) {
-    MOR_ASSIGN_OR_RETURN(router.w1,
-                         reader.Read(absl::StrCat(prefix, ".mor_router.router.weight"),
-                                     {out_width, d}));
+    MOR_ASSIGN_OR_RETURN(
+        router.w1, reader.Read(absl::StrCat(prefix, ".mor_router.router.weight"), {out_width, d}));
   } else {
-    MOR_ASSIGN_OR_RETURN(router.w1, reader.Read(absl::StrCat(prefix, ".mor_router.router.0.weight"),
-                                                {2 * d, d}));
+    MOR_ASSIGN_OR_RETURN(
+        router.w1, reader.Read(absl::StrCat(prefix, ".mor_router.router.0.weight"), {2 * d, d}));
     MOR_ASSIGN_OR_RETURN(router.w2, reader.Read(absl::StrCat(prefix, ".mor_router.router.2.weight"),
                                                 {out_width, 2 * d}));
   }

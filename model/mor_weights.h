@@ -35,9 +35,9 @@ struct RouterWeights {
 };
 
 struct MorWeights {
-  at::Tensor embed;       // [V, d]
-  at::Tensor final_norm;  // [d]
-  at::Tensor lm_head;     // [V, d]; the same storage as embed when tied
+  at::Tensor embed;                         // [V, d]
+  at::Tensor final_norm;                    // [d]
+  at::Tensor lm_head;                       // [V, d]; the same storage as embed when tied
   std::vector<LayerWeights> unique_layers;  // indexed by LayerPlan unique ids
   std::vector<LayerWeights> shared_layers;  // indexed by LayerPlan shared ids
   std::vector<RouterWeights> routers;       // expert choice: Nr; token choice: 1

@@ -51,8 +51,10 @@ AttentionBatch BuildAttentionBatch(const LevelQueries& queries, int32_t block_si
     ++queries_in_group[g];
     context_of_group[g] = std::max<int64_t>(context_of_group[g], queries.entry[i] + 1);
   }
-  batch.max_queries = groups ? *std::max_element(queries_in_group.begin(), queries_in_group.end()) : 0;
-  batch.max_context = groups ? *std::max_element(context_of_group.begin(), context_of_group.end()) : 0;
+  batch.max_queries =
+      groups ? *std::max_element(queries_in_group.begin(), queries_in_group.end()) : 0;
+  batch.max_context =
+      groups ? *std::max_element(context_of_group.begin(), context_of_group.end()) : 0;
 
   std::vector<int64_t> row_slots(rows);
   std::vector<int64_t> padded_index(rows);
@@ -100,8 +102,8 @@ void WriteKv(const AttentionBatch& batch, const at::Tensor& k, const at::Tensor&
   v_cache.index_copy_(0, batch.row_slots, v);
 }
 
-at::Tensor PagedAttention(const at::Tensor& q, const at::Tensor& k_cache,
-                          const at::Tensor& v_cache, const AttentionBatch& batch) {
+at::Tensor PagedAttention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                          const AttentionBatch& batch) {
   if (batch.use_cpu_kernel) return CpuPagedAttention(q, k_cache, v_cache, batch.cpu_rows);
   const int64_t heads = q.size(1);
   const int64_t head_dim = q.size(2);

@@ -37,10 +37,10 @@ struct AttentionBatch {
   CpuPagedRows cpu_rows;  // when use_cpu_kernel
   int64_t num_rows = 0;
   int64_t num_groups = 0;
-  int64_t max_queries = 0;   // per group
-  int64_t max_context = 0;   // per group
+  int64_t max_queries = 0;           // per group
+  int64_t max_context = 0;           // per group
   bool one_query_per_group = false;  // rows are groups 0..n-1 in order: no padding
-  at::Tensor row_slots;      // [rows] int64 flat cache slot of each row's own entry
+  at::Tensor row_slots;              // [rows] int64 flat cache slot of each row's own entry
   // Gather + SDPA path only:
   at::Tensor padded_index;   // [rows] int64 position of each row in [groups * max_queries]
   at::Tensor context_slots;  // [groups * max_context] int64 flat slots (0 = padding)
@@ -58,8 +58,8 @@ void WriteKv(const AttentionBatch& batch, const at::Tensor& k, const at::Tensor&
 
 // Attention of `q` ([rows, heads, head_dim], RoPE applied) over the cached
 // K/V; returns [rows, heads * head_dim]. GQA: heads is a multiple of kv_heads.
-at::Tensor PagedAttention(const at::Tensor& q, const at::Tensor& k_cache,
-                          const at::Tensor& v_cache, const AttentionBatch& batch);
+at::Tensor PagedAttention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                          const AttentionBatch& batch);
 
 }  // namespace mor
 

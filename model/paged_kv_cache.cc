@@ -2,8 +2,7 @@
 
 namespace mor {
 
-PagedKvCache::PagedKvCache(const KvCacheGeometry& geometry, at::ScalarType dtype,
-                           at::Device device)
+PagedKvCache::PagedKvCache(const KvCacheGeometry& geometry, at::ScalarType dtype, at::Device device)
     : geometry_(geometry) {
   const auto options = at::TensorOptions().dtype(dtype).device(device);
   const int64_t layers[2] = {geometry.num_unique_layers, geometry.block_layers};

@@ -48,7 +48,7 @@ class SafetensorsFile {
   const std::string& path() const { return path_; }
   bool Contains(std::string_view name) const;
   absl::StatusOr<TensorView> Get(std::string_view name) const;  // NotFound names file + tensor
-  std::vector<std::string> Names() const;                         // sorted
+  std::vector<std::string> Names() const;                       // sorted
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:

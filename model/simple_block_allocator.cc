@@ -18,9 +18,9 @@ SimpleBlockAllocator::SimpleBlockAllocator(const KvCacheGeometry& geometry) {
 absl::StatusOr<int32_t> SimpleBlockAllocator::Allocate(KvPool pool, int depth) {
   std::vector<int32_t>& list = free_[Index(pool)];
   if (list.empty()) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("no free KV block in the ", pool == KvPool::kUnique ? "unique" : "depth",
-                     " pool (requested for depth ", depth, ")"));
+    return absl::ResourceExhaustedError(absl::StrCat("no free KV block in the ",
+                                                     pool == KvPool::kUnique ? "unique" : "depth",
+                                                     " pool (requested for depth ", depth, ")"));
   }
   int32_t id = list.back();
   list.pop_back();

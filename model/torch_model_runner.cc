@@ -36,8 +36,8 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
           absl::StrCat("device '", name, "': this LibTorch has no usable CUDA device"));
     }
     if (index < 0 || index >= static_cast<int>(at::getNumGPUs())) {
-      return absl::InvalidArgumentError(absl::StrCat("device '", name, "': only ",
-                                                     at::getNumGPUs(), " CUDA device(s)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("device '", name, "': only ", at::getNumGPUs(), " CUDA device(s)"));
     }
     return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index));
   }
@@ -73,8 +73,7 @@ std::string CanonicalDType(at::ScalarType t) {
 
 absl::StatusOr<std::unique_ptr<ModelRunner>> CreateTorchModelRunner(
     const ModelRunnerOptions& options) {
-  MOR_ASSIGN_OR_RETURN(std::unique_ptr<TorchModelRunner> runner,
-                       TorchModelRunner::Create(options));
+  MOR_ASSIGN_OR_RETURN(std::unique_ptr<TorchModelRunner> runner, TorchModelRunner::Create(options));
   return std::unique_ptr<ModelRunner>(std::move(runner));
 }
 
@@ -113,16 +112,16 @@ absl::StatusOr<std::unique_ptr<TorchModelRunner>> TorchModelRunner::Create(
     geometry.head_dim = static_cast<int32_t>(config.head_dim);
     geometry.dtype_bytes = static_cast<int32_t>(c10::elementSize(dtype));
     geometry.num_depth_blocks = options.num_depth_blocks;
-    geometry.num_unique_blocks =
-        plan.num_unique_layers == 0
-            ? 0
-            : (options.num_unique_blocks > 0 ? options.num_unique_blocks : options.num_depth_blocks);
+    geometry.num_unique_blocks = plan.num_unique_layers == 0
+                                     ? 0
+                                     : (options.num_unique_blocks > 0 ? options.num_unique_blocks
+                                                                      : options.num_depth_blocks);
     if (options.attention != "auto" && options.attention != "sdpa") {
       return absl::InvalidArgumentError(
           absl::StrCat("attention '", options.attention, "': expected auto or sdpa"));
     }
-    auto model = std::make_unique<MorModel>(std::move(config), std::move(weights), geometry,
-                                            dtype, device, options.attention);
+    auto model = std::make_unique<MorModel>(std::move(config), std::move(weights), geometry, dtype,
+                                            device, options.attention);
     return std::unique_ptr<TorchModelRunner>(
         new TorchModelRunner(std::move(model), CanonicalDType(dtype)));
   } catch (const std::exception& e) {

@@ -5,8 +5,8 @@
 // prefill, token-by-token decode through the paged cache, and batches of
 // several sequences.
 #include <algorithm>
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,8 +53,8 @@ struct Engine {
   std::unique_ptr<SimpleBlockAllocator> allocator;
 };
 
-Engine MakeEngine(const ParityCase& c, const std::string& dtype = "float32",
-                  int32_t block_size = 4, const std::string& attention = "auto") {
+Engine MakeEngine(const ParityCase& c, const std::string& dtype = "float32", int32_t block_size = 4,
+                  const std::string& attention = "auto") {
   ModelRunnerOptions options;
   options.attention = attention;
   options.model_dir = c.model_dir;
@@ -290,7 +290,8 @@ TEST_F(ParityTest, Bf16WithinToleranceOfFp32Reference) {
           mean_error /= static_cast<double>(want.size());
           const float max_error = MaxAbsDiff(runs[0].logits, want);
           worst_ratio = std::max(worst_ratio, max_error / scale);
-          const std::string where = absl::StrCat(c.name, " ", policy, " seq ", seq, " chunk ", chunk);
+          const std::string where =
+              absl::StrCat(c.name, " ", policy, " seq ", seq, " chunk ", chunk);
           EXPECT_LE(max_error, 0.05f * scale) << where;
           EXPECT_LE(mean_error, 0.01 * scale) << where;
           EXPECT_EQ(runs[0].depths, expected->Depths(policy, seq)) << where;

@@ -63,7 +63,8 @@ absl::Status WriteTinyModel(const std::string& dir, const TinyModelOptions& opti
   std::filesystem::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   const bool vanilla = options.sharing == "none";
-  const int layers = vanilla ? options.block_layers : 2 + options.block_layers * options.num_recursions;
+  const int layers =
+      vanilla ? options.block_layers : 2 + options.block_layers * options.num_recursions;
 
   nlohmann::json config = {
       {"model_type", vanilla ? "llama" : "mor"},

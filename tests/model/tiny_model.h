@@ -24,7 +24,7 @@ struct TinyModelOptions {
   int max_position_embeddings = 256;
   uint64_t seed = 1;
   // Fault injection for loader tests.
-  std::string omit_tensor;        // not written at all
+  std::string omit_tensor;         // not written at all
   std::string wrong_shape_tensor;  // written with one extra row
 };
 
