@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "model/kv_cache_types.h"
 #include "model/model_config.h"
@@ -65,6 +66,56 @@ struct StepResult {
   StepStats stats;
 };
 
+// Continuous depth-wise execution (the paper's "continuous depth-wise
+// batching"): one call of the shared block carries tokens of many sequences
+// that are at different recursion depths; each token advances one recursion
+// per step, and a token that stops frees its place in the batch at once.
+//
+// Unit of work: a *group*, the tokens of one sequence that entered the model
+// together (a prefill chunk, or one decode token). Between steps the tokens'
+// hidden states live in runner-owned state slots chosen by the caller. A
+// group's tokens advance in lockstep (at recursion r all of its tokens still
+// active take r in the same call, since they attend to each other causally),
+// and the group leaves the model (unique last layer + LM head) in the step in
+// which none of its tokens continues: the last layer attends across the whole
+// group, so tokens that stopped early wait in their slots.
+struct DepthwiseGroup {
+  SequenceKv* kv = nullptr;  // at most one group per sequence in flight
+  DepthPolicy policy;
+  int32_t start_position = 0;       // position of the group's first token
+  std::span<const int32_t> tokens;  // token ids (read when entering)
+  std::span<const int32_t> slots;   // one state slot per token, distinct across groups
+  // True in the group's first step: embedding and the unique first layer
+  // run before recursion 1 (the depth-1 table must hold start_position
+  // entries). An entering group takes recursion 1 with every token.
+  bool enter = false;
+  // The recursion (1..Nr) the group's active tokens take in this step.
+  int32_t depth = 1;
+  // Per token: 1 if it takes `depth` now (ignored when entering: all do).
+  std::span<const uint8_t> active;
+  LogitsRequest logits = LogitsRequest::kLast;  // on exit
+};
+
+struct DepthwiseGroupResult {
+  // Per token: 1 if it takes recursion depth + 1 in the next step.
+  std::vector<uint8_t> continues;
+  bool exited = false;      // left the model in this step
+  int32_t logits_row = -1;  // first logits row when exited and logits requested
+};
+
+struct DepthwiseStepResult {
+  int64_t vocab_size = 0;
+  std::vector<float> logits;                 // [rows, vocab] of exited groups
+  std::vector<DepthwiseGroupResult> groups;  // parallel to the step's groups
+  // token_steps_per_depth[r-1]: tokens that took recursion r in this step.
+  std::vector<int64_t> token_steps_per_depth;
+  int64_t block_calls = 0;  // shared-block invocations (one per weight set)
+  double enter_seconds = 0;
+  double block_seconds = 0;
+  double exit_seconds = 0;
+  double total_seconds = 0;
+};
+
 class ModelRunner {
  public:
   virtual ~ModelRunner() = default;
@@ -84,6 +135,15 @@ class ModelRunner {
   // release them (the scheduler checks capacity before stepping).
   virtual absl::StatusOr<StepResult> Step(std::span<const SequenceChunk> chunks,
                                           KvBlockAllocator& allocator) = 0;
+
+  // One continuous depth-wise step over `groups` (see DepthwiseGroup).
+  // Slots index [0, num_state_slots()). Invalid plans -> InvalidArgument
+  // before any work; allocator failure as for Step.
+  virtual int32_t num_state_slots() const { return 0; }
+  virtual absl::StatusOr<DepthwiseStepResult> StepDepthwise(std::span<const DepthwiseGroup> groups,
+                                                            KvBlockAllocator& allocator) {
+    return absl::UnimplementedError("this runner has no depth-wise step");
+  }
 };
 
 struct ModelRunnerOptions {
@@ -97,6 +157,8 @@ struct ModelRunnerOptions {
   // Attention kernel: "auto" (paged CPU kernel on CPU, gather + SDPA on CUDA)
   // or "sdpa" (gather + SDPA everywhere; for comparison).
   std::string attention = "auto";
+  // Hidden-state slots for tokens in flight between depth-wise steps.
+  int32_t num_state_slots = 4096;
 };
 
 // Loads the model in `options.model_dir` with LibTorch. Errors name the file,

@@ -1,5 +1,6 @@
 #include "model/mor_model.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -36,14 +37,23 @@ struct MorModel::StepRows {
 };
 
 MorModel::MorModel(ModelConfig config, MorWeights weights, const KvCacheGeometry& geometry,
-                   at::ScalarType dtype, at::Device device, const std::string& attention)
+                   at::ScalarType dtype, at::Device device, const std::string& attention,
+                   int32_t num_state_slots)
     : config_(std::move(config)),
       plan_(config_.MakeLayerPlan()),
       weights_(std::move(weights)),
       cache_(geometry, dtype, device),
       dtype_(dtype),
       device_(device),
-      use_cpu_attention_(device.is_cpu() && attention != "sdpa") {
+      use_cpu_attention_(device.is_cpu() && attention != "sdpa"),
+      num_state_slots_(num_state_slots) {
+  const auto options = at::TensorOptions().dtype(dtype_).device(device_);
+  state_ = at::zeros({num_state_slots_, config_.hidden_size}, options);
+  if (config_.router_type == RouterType::kTokenChoice && config_.has_router()) {
+    entry_state_ = at::zeros({num_state_slots_, config_.hidden_size}, options);
+    slot_gate_ = at::zeros({num_state_slots_}, options.dtype(at::kFloat));
+  }
+  slot_depth_.assign(num_state_slots_, 0);
   const int64_t half = config_.head_dim / 2;
   at::Tensor inv_freq =
       1.0 / at::pow(config_.rope_theta,
@@ -144,6 +154,36 @@ absl::StatusOr<AttentionBatch> MorModel::PrepareLevel(const StepRows& step,
       if (count_of_chunk[c] == 0) continue;
       MOR_RETURN_IF_ERROR(EnsureCapacity(*tables[c], tables[c]->num_tokens + count_of_chunk[c],
                                          block_size, pool, depth, allocator));
+    }
+  }
+  return BuildAttentionBatch(queries, block_size, device_, use_cpu_attention_);
+}
+
+absl::StatusOr<AttentionBatch> MorModel::PrepareRows(const std::vector<KvTable*>& row_table,
+                                                     const std::vector<int32_t>& row_entry,
+                                                     const std::vector<int>& row_depth, KvPool pool,
+                                                     bool write, KvBlockAllocator& allocator) {
+  const int32_t block_size = cache_.geometry().block_size;
+  LevelQueries queries;
+  queries.entry = row_entry;
+  queries.group.reserve(row_table.size());
+  std::vector<int32_t> needed;  // per group: entries the table must cover
+  std::vector<int> group_depth;
+  for (size_t i = 0; i < row_table.size(); ++i) {
+    auto it = std::find(queries.tables.begin(), queries.tables.end(), row_table[i]);
+    int32_t g = static_cast<int32_t>(it - queries.tables.begin());
+    if (it == queries.tables.end()) {
+      queries.tables.push_back(row_table[i]);
+      needed.push_back(0);
+      group_depth.push_back(row_depth[i]);
+    }
+    queries.group.push_back(g);
+    needed[g] = std::max(needed[g], row_entry[i] + 1);
+  }
+  if (write) {
+    for (size_t g = 0; g < queries.tables.size(); ++g) {
+      MOR_RETURN_IF_ERROR(EnsureCapacity(*const_cast<KvTable*>(queries.tables[g]), needed[g],
+                                         block_size, pool, group_depth[g], allocator));
     }
   }
   return BuildAttentionBatch(queries, block_size, device_, use_cpu_attention_);

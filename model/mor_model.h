@@ -26,7 +26,8 @@ class MorModel {
   // `attention`: "auto" (CPU paged kernel on CPU, gather + SDPA elsewhere) or
   // "sdpa" (gather + SDPA everywhere).
   MorModel(ModelConfig config, MorWeights weights, const KvCacheGeometry& geometry,
-           at::ScalarType dtype, at::Device device, const std::string& attention = "auto");
+           at::ScalarType dtype, at::Device device, const std::string& attention = "auto",
+           int32_t num_state_slots = 0);
 
   const ModelConfig& config() const { return config_; }
   const LayerPlan& plan() const { return plan_; }
@@ -38,6 +39,14 @@ class MorModel {
   // c10::Error; the caller converts it.
   absl::StatusOr<StepResult> Forward(std::span<const SequenceChunk> chunks,
                                      KvBlockAllocator& allocator);
+
+  // One continuous depth-wise step over validated groups (see
+  // ModelRunner::StepDepthwise; mor_model_depthwise.cc). May throw.
+  absl::StatusOr<DepthwiseStepResult> ForwardDepthwise(std::span<const DepthwiseGroup> groups,
+                                                       KvBlockAllocator& allocator);
+  int32_t num_state_slots() const { return num_state_slots_; }
+  // Token-choice depth assigned to a slot's token when it entered.
+  int32_t slot_depth(int32_t slot) const { return slot_depth_[slot]; }
 
  private:
   // Rows of the step's activations and where they come from.
@@ -79,6 +88,22 @@ class MorModel {
 
   at::Tensor IndexTensor(const std::vector<int64_t>& rows) const;
 
+  // Attention metadata for rows given by their table and entry index at one
+  // KV level (rows sharing a table form one group); grows the tables through
+  // `allocator` when `write`. Used by the depth-wise step.
+  absl::StatusOr<AttentionBatch> PrepareRows(const std::vector<KvTable*>& row_table,
+                                             const std::vector<int32_t>& row_entry,
+                                             const std::vector<int>& row_depth, KvPool pool,
+                                             bool write, KvBlockAllocator& allocator);
+  // Depth-wise stages (mor_model_depthwise.cc).
+  struct DepthwiseRows;
+  absl::Status EnterGroups(std::span<const DepthwiseGroup> groups, KvBlockAllocator& allocator,
+                           DepthwiseStepResult& result);
+  absl::Status RecurseGroups(std::span<const DepthwiseGroup> groups, KvBlockAllocator& allocator,
+                             DepthwiseStepResult& result);
+  absl::Status ExitGroups(std::span<const DepthwiseGroup> groups, DepthwiseStepResult& result,
+                          KvBlockAllocator& allocator);
+
   ModelConfig config_;
   LayerPlan plan_;
   MorWeights weights_;
@@ -86,7 +111,13 @@ class MorModel {
   at::ScalarType dtype_;
   at::Device device_;
   bool use_cpu_attention_;
-  at::Tensor rope_cos_;  // [max_positions, head_dim / 2] fp32
+  // Depth-wise state of tokens in flight, indexed by slot.
+  int32_t num_state_slots_ = 0;
+  at::Tensor state_;                 // [slots, d] hidden state
+  at::Tensor entry_state_;           // [slots, d] MoR input H1 (token choice)
+  at::Tensor slot_gate_;             // [slots] fp32 gate g (token choice)
+  std::vector<int32_t> slot_depth_;  // assigned depth (token choice)
+  at::Tensor rope_cos_;              // [max_positions, head_dim / 2] fp32
   at::Tensor rope_sin_;
 };
 

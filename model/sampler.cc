@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
-#include <cstring>
+#include <cstdint>
 #include <limits>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -109,41 +111,26 @@ MOR_SAMPLER_KERNEL void Sanitize(const float* logits, float* z, size_t n) {
   }
 }
 
-// w[i] = exp(z[i] - m); returns the sum of w (as SumLanes(w, n) would).
-MOR_SAMPLER_KERNEL double ExpShifted(const float* z, float* w, size_t n, float m) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) {
-      const float e = ExpNonPositive(z[i + j] - m);
-      w[i + j] = e;
-      acc[j] += static_cast<double>(e);
-    }
-  }
-  for (int j = 0; i < n; ++i, ++j) {
-    w[i] = ExpNonPositive(z[i] - m);
-    acc[j] += static_cast<double>(w[i]);
-  }
-  return CombineLanes(acc);
+MOR_SAMPLER_KERNEL void ExpShiftedKernel(const float* z, float* w, size_t n, float m) {
+  for (size_t i = 0; i < n; ++i) w[i] = ExpNonPositive(z[i] - m);
 }
 
-// w[i] = exp((z[i] - m) / temperature); returns the sum of w (as SumLanes(w, n)).
-MOR_SAMPLER_KERNEL double ExpScaled(const float* z, float* w, size_t n, float m,
-                                    float temperature) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) {
-      const float e = ExpNonPositive((z[i + j] - m) / temperature);
-      w[i + j] = e;
-      acc[j] += static_cast<double>(e);
-    }
-  }
-  for (int j = 0; i < n; ++i, ++j) {
-    w[i] = ExpNonPositive((z[i] - m) / temperature);
-    acc[j] += static_cast<double>(w[i]);
-  }
-  return CombineLanes(acc);
+MOR_SAMPLER_KERNEL void ExpScaledKernel(const float* z, float* w, size_t n, float m,
+                                        float temperature) {
+  for (size_t i = 0; i < n; ++i) w[i] = ExpNonPositive((z[i] - m) / temperature);
+}
+
+// w[i] = exp(z[i] - m); returns SumLanes(w, n). (Two loops: fusing the sum into the
+// exp loop vectorises worse.)
+double ExpShifted(const float* z, float* w, size_t n, float m) {
+  ExpShiftedKernel(z, w, n, m);
+  return SumLanes(w, n);
+}
+
+// w[i] = exp((z[i] - m) / temperature); returns SumLanes(w, n).
+double ExpScaled(const float* z, float* w, size_t n, float m, float temperature) {
+  ExpScaledKernel(z, w, n, m, temperature);
+  return SumLanes(w, n);
 }
 
 // The first i with z[i] == v (n when none).
@@ -178,9 +165,9 @@ constexpr size_t kHistStride = kNumBuckets + 1 + kChunk;
 // accumulated in id order and the copies are then added in a fixed order into
 // copy 0. Chunks without a token below `cap` skip the scatter. count and mass hold
 // kHistCopies * kHistStride zeroed entries.
-MOR_SAMPLER_KERNEL void BucketHistogram(const float* z, const float* w, uint16_t* bucket,
-                                        size_t n, float m, float scale, int32_t cap,
-                                        int32_t* count, double* mass) {
+MOR_SAMPLER_KERNEL void BucketHistogram(const float* z, const float* w, uint16_t* bucket, size_t n,
+                                        float m, float scale, int32_t cap, int32_t* count,
+                                        double* mass) {
   const float overflow = static_cast<float>(cap);
   int32_t slot[kChunk];
   for (size_t base = 0; base < n; base += kChunk) {
@@ -215,6 +202,28 @@ MOR_SAMPLER_KERNEL void BucketHistogram(const float* z, const float* w, uint16_t
     for (int32_t b = 0; b < cap; ++b) {
       mass[b] = (mass[b] + mass[s + b]) + (mass[2 * s + b] + mass[3 * s + b]);
     }
+  }
+}
+
+// count[j] = number of tokens with (m - z[i]) * scale < limit[j] (i.e. in a bucket
+// below limit[j]), for 4 limits at once.
+MOR_SAMPLER_KERNEL void CountBelow(const float* z, size_t n, float m, float scale,
+                                   const float* limit, int64_t* count) {
+  const float l0 = limit[0], l1 = limit[1], l2 = limit[2], l3 = limit[3];
+  for (size_t base = 0; base < n; base += 4096) {  // int32 partial counts cannot overflow
+    const size_t end = std::min(n, base + 4096);
+    int32_t c0 = 0, c1 = 0, c2 = 0, c3 = 0;
+    for (size_t i = base; i < end; ++i) {
+      const float d = (m - z[i]) * scale;
+      c0 += static_cast<int32_t>(d < l0);
+      c1 += static_cast<int32_t>(d < l1);
+      c2 += static_cast<int32_t>(d < l2);
+      c3 += static_cast<int32_t>(d < l3);
+    }
+    count[0] += c0;
+    count[1] += c1;
+    count[2] += c2;
+    count[3] += c3;
   }
 }
 
@@ -316,7 +325,9 @@ inline int64_t Fixed(float w) { return static_cast<int64_t>(static_cast<double>(
 // the last kept element (in Before order); moves the kept ones to the front.
 // Weighted quickselect: O(n) expected, no sort.
 Candidate TopPCut(Candidate* first, Candidate* last, double before, double target) {
-  auto kept = [&](int64_t ahead) { return before + static_cast<double>(ahead) / kFixedOne < target; };
+  auto kept = [&](int64_t ahead) {
+    return before + static_cast<double>(ahead) / kFixedOne < target;
+  };
   Candidate* lo = first;  // [first, lo): kept; [hi, last): dropped
   Candidate* hi = last;
   int64_t ahead = 0;  // fixed-point mass of [first, lo)
@@ -336,6 +347,36 @@ Candidate TopPCut(Candidate* first, Candidate* last, double before, double targe
   while (lo < hi && kept(ahead)) ahead += Fixed((lo++)->weight);
   if (lo == first) ++lo;  // the first element is always kept (callers ensure this anyway)
   return *std::max_element(first, lo, Before);
+}
+
+// The k (>= 1, <= n) largest logits as (logit, id), by logit descending then id
+// ascending. One pass; spans of 64 with nothing above the current k-th are skipped
+// with vector compares.
+MOR_SAMPLER_KERNEL void TopLogits(const float* z, size_t n, size_t k,
+                                  std::vector<std::pair<float, int32_t>>& top) {
+  top.clear();
+  for (size_t i = 0; i < k; ++i) top.emplace_back(z[i], static_cast<int32_t>(i));
+  auto ahead = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  std::sort(top.begin(), top.end(), ahead);
+  float floor = top.back().first;  // a later token must beat it strictly (its id is larger)
+  constexpr size_t kSpan = 64;
+  for (size_t base = k; base < n; base += kSpan) {
+    const size_t len = std::min(kSpan, n - base);
+    const float* zc = z + base;
+    int32_t any = 0;
+    for (size_t j = 0; j < len; ++j) any |= static_cast<int32_t>(zc[j] > floor);
+    if (any == 0) continue;
+    for (size_t j = 0; j < len; ++j) {
+      const float x = zc[j];
+      if (!(x > floor)) continue;
+      top.pop_back();
+      auto pos = std::find_if(top.begin(), top.end(), [x](const auto& e) { return e.first < x; });
+      top.insert(pos, {x, static_cast<int32_t>(base + j)});
+      floor = top.back().first;
+    }
+  }
 }
 
 struct ThresholdResult {
@@ -428,21 +469,34 @@ ThresholdResult FindThresholdCapped(const SamplingParams& params, const float* z
 // and partially sorted. The histogram first covers only the top `cap` buckets
 // (where the boundary almost always is; a heuristic that never changes the result)
 // and is redone in full when the boundary is not found there.
-std::optional<Candidate> FindThreshold(const SamplingParams& params, const float* z,
-                                       const float* w, size_t vocab, float m, double total_mass,
+std::optional<Candidate> FindThreshold(const SamplingParams& params, const float* z, const float* w,
+                                       size_t vocab, float m, double total_mass,
                                        sampler_internal::Scratch& ws) {
   const bool use_top_k = params.top_k > 0 && static_cast<size_t>(params.top_k) < vocab;
   const bool use_top_p = params.top_p < 1.0f;
   if (!use_top_k && !use_top_p) return std::nullopt;
-  int cap = static_cast<int>(24 * kBucketsPerNat);
-  if (!use_top_k) {
+  const float scale = kBucketsPerNat / params.temperature;
+  int cap = kNumBuckets;
+  if (use_top_k) {
+    // The smallest of a few caps that holds at least k tokens (one vector pass).
+    const int caps[4] = {static_cast<int>(2 * kBucketsPerNat), static_cast<int>(5 * kBucketsPerNat),
+                         static_cast<int>(12 * kBucketsPerNat),
+                         static_cast<int>(30 * kBucketsPerNat)};
+    const float limits[4] = {static_cast<float>(caps[0]), static_cast<float>(caps[1]),
+                             static_cast<float>(caps[2]), static_cast<float>(caps[3])};
+    int64_t counts[4] = {0, 0, 0, 0};
+    CountBelow(z, vocab, m, scale, limits, counts);
+    for (int j = 3; j >= 0; --j) {
+      if (counts[j] >= params.top_k) cap = caps[j];
+    }
+  } else {
     // Tokens more than x nats below the best hold at most vocab * exp(-x) of the
     // mass (>= 1), which is < 1 - top_p for x > log(vocab / (1 - top_p)).
     const double nats =
         std::log(static_cast<double>(vocab) / (1.0 - static_cast<double>(params.top_p))) + 1.0;
-    cap = static_cast<int>(std::ceil(nats * kBucketsPerNat));
+    cap = std::clamp(static_cast<int>(std::ceil(nats * kBucketsPerNat)),
+                     static_cast<int>(4 * kBucketsPerNat), kNumBuckets);
   }
-  cap = std::clamp(cap, static_cast<int>(4 * kBucketsPerNat), kNumBuckets);
   ThresholdResult r = FindThresholdCapped(params, z, w, vocab, m, cap, total_mass, ws);
   if (!r.decided) r = FindThresholdCapped(params, z, w, vocab, m, kNumBuckets, total_mass, ws);
   return r.threshold;
@@ -454,7 +508,8 @@ std::string FloatStr(float v) { return absl::StrCat(v); }
 
 absl::Status SamplingParams::Validate(int64_t vocab_size) const {
   if (vocab_size <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("vocab_size must be > 0 (got ", vocab_size, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("vocab_size must be > 0 (got ", vocab_size, ")"));
   }
   if (!std::isfinite(temperature)) {
     return absl::InvalidArgumentError(
@@ -480,13 +535,14 @@ absl::Status SamplingParams::Validate(int64_t vocab_size) const {
         "repetition_penalty must be finite and > 0 (got ", FloatStr(repetition_penalty), ")"));
   }
   if (num_logprobs < 0 || num_logprobs > kMaxNumLogprobs) {
-    return absl::InvalidArgumentError(absl::StrCat("num_logprobs must be in [0, ",
-                                                   kMaxNumLogprobs, "] (got ", num_logprobs, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("num_logprobs must be in [0, ", kMaxNumLogprobs,
+                                                   "] (got ", num_logprobs, ")"));
   }
   for (size_t i = 0; i < stop_token_ids.size(); ++i) {
     if (stop_token_ids[i] < 0 || stop_token_ids[i] >= vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat("stop_token_ids[", i, "] must be in [0, ",
-                                                     vocab_size, ") (got ", stop_token_ids[i], ")"));
+                                                     vocab_size, ") (got ", stop_token_ids[i],
+                                                     ")"));
     }
   }
   return absl::OkStatus();
@@ -509,9 +565,7 @@ bool SequenceSampler::IsStopToken(int32_t token) const {
          params_.stop_token_ids.end();
 }
 
-double SequenceSampler::NextUniform() {
-  return static_cast<double>(rng_() >> 11) * 0x1.0p-53;
-}
+double SequenceSampler::NextUniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
 
 SampledToken SequenceSampler::Sample(absl::Span<const float> logits) {
   if (own_workspace_ == nullptr) own_workspace_ = std::make_unique<SamplerWorkspace>();
@@ -570,7 +624,7 @@ SampledToken SequenceSampler::Sample(absl::Span<const float> logits, SamplerWork
     if (threshold.has_value() || min_p > 0.0f) {
       // Zero the weights of the tokens after the threshold and below min_p.
       const float tz = threshold.has_value() ? threshold->logit : -kInf;
-      const int32_t tid = threshold.has_value() ? threshold->id : vocab;
+      const int32_t tid = threshold.has_value() ? threshold->id : static_cast<int32_t>(vocab);
       MaskWeights(z, w, static_cast<int32_t>(vocab), tz, tid, min_p);
     }
     const int64_t chosen = SampleIndex(w, vocab, NextUniform(), ws.scratch_.block_sums);
@@ -581,20 +635,11 @@ SampledToken SequenceSampler::Sample(absl::Span<const float> logits, SamplerWork
   out.logprob = logprob(token);
   out.is_stop_token = IsStopToken(token);
 
-  // Top-n raw logprobs: one pass keeping a small sorted buffer.
+  // Top-n raw logprobs.
   const size_t n_top = std::min<size_t>(params_.num_logprobs, vocab);
   if (n_top > 0) {
     auto& top = ws.scratch_.top;
-    top.clear();
-    for (size_t i = 0; i < vocab; ++i) {
-      const float x = z[i];
-      if (top.size() == n_top) {
-        if (!(x > top.back().first)) continue;  // ids ascend: an equal logit loses
-        top.pop_back();
-      }
-      auto pos = std::find_if(top.begin(), top.end(), [x](const auto& e) { return e.first < x; });
-      top.insert(pos, {x, static_cast<int32_t>(i)});
-    }
+    TopLogits(z, vocab, n_top, top);
     out.top_logprobs.reserve(n_top);
     for (const auto& [x, id] : top) out.top_logprobs.emplace_back(id, logprob(id));
   }

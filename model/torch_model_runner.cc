@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <c10/core/DeviceType.h>
 
+#include <algorithm>
 #include <exception>
 #include <filesystem>
 #include <thread>
@@ -84,6 +85,9 @@ absl::StatusOr<std::unique_ptr<TorchModelRunner>> TorchModelRunner::Create(
       return absl::InvalidArgumentError(
           absl::StrCat("block_size must be in 1..1024 (got ", options.block_size, ")"));
     }
+    if (options.num_state_slots < 0 || options.num_state_slots > (1 << 24)) {
+      return absl::InvalidArgumentError("num_state_slots must be in 0..16777216");
+    }
     if (options.num_depth_blocks < 2 || options.num_unique_blocks < 0) {
       return absl::InvalidArgumentError("KV pools need at least 2 blocks (block 0 is reserved)");
     }
@@ -121,7 +125,7 @@ absl::StatusOr<std::unique_ptr<TorchModelRunner>> TorchModelRunner::Create(
           absl::StrCat("attention '", options.attention, "': expected auto or sdpa"));
     }
     auto model = std::make_unique<MorModel>(std::move(config), std::move(weights), geometry, dtype,
-                                            device, options.attention);
+                                            device, options.attention, options.num_state_slots);
     return std::unique_ptr<TorchModelRunner>(
         new TorchModelRunner(std::move(model), CanonicalDType(dtype)));
   } catch (const std::exception& e) {
@@ -199,6 +203,80 @@ absl::StatusOr<StepResult> TorchModelRunner::Step(std::span<const SequenceChunk>
     return model_->Forward(chunks, allocator);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("model step failed: ", e.what()));
+  }
+}
+
+}  // namespace mor
+
+namespace mor {
+
+int32_t TorchModelRunner::num_state_slots() const { return model_->num_state_slots(); }
+
+absl::Status TorchModelRunner::ValidateDepthwise(std::span<const DepthwiseGroup> groups) const {
+  const ModelConfig& config = model_->config();
+  const KvCacheGeometry& geometry = model_->geometry();
+  std::unordered_set<const SequenceKv*> seen_kv;
+  std::unordered_set<int32_t> seen_slots;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const DepthwiseGroup& group = groups[g];
+    auto error = [&](auto&&... parts) {
+      return absl::InvalidArgumentError(absl::StrCat("group ", g, ": ", parts...));
+    };
+    if (group.kv == nullptr) return error("no KV tables");
+    if (!seen_kv.insert(group.kv).second) return error("sequence appears twice in one step");
+    if (group.slots.empty()) return error("no tokens");
+    if (static_cast<int>(group.kv->depths.size()) != geometry.num_depth_levels) {
+      return error("expected ", geometry.num_depth_levels, " depth tables, got ",
+                   group.kv->depths.size());
+    }
+    for (int32_t slot : group.slots) {
+      if (slot < 0 || slot >= model_->num_state_slots()) {
+        return error("state slot ", slot, " outside [0, ", model_->num_state_slots(), ")");
+      }
+      if (!seen_slots.insert(slot).second) return error("state slot ", slot, " used twice");
+    }
+    const int64_t end = group.start_position + static_cast<int64_t>(group.slots.size());
+    if (group.start_position < 0 || end > config.max_position_embeddings) {
+      return error("positions exceed max_position_embeddings ", config.max_position_embeddings);
+    }
+    if (group.policy.fixed_depth < 0 || group.policy.fixed_depth > config.num_recursions) {
+      return error("depth ", group.policy.fixed_depth, " outside 1..", config.num_recursions);
+    }
+    if (group.enter) {
+      if (group.tokens.size() != group.slots.size()) return error("tokens and slots differ");
+      for (int32_t id : group.tokens) {
+        if (id < 0 || id >= config.vocab_size) {
+          return error("token id ", id, " outside the vocabulary [0, ", config.vocab_size, ")");
+        }
+      }
+      if (group.kv->depths[0].num_tokens != group.start_position ||
+          (geometry.num_unique_layers > 0 && group.kv->unique.num_tokens != group.start_position)) {
+        return error("start_position ", group.start_position,
+                     " does not match the KV cache, which holds ", group.kv->depths[0].num_tokens,
+                     " tokens");
+      }
+    } else {
+      if (group.depth < 2 || group.depth > config.num_recursions) {
+        return error("recursion ", group.depth, " outside 2..", config.num_recursions,
+                     " (recursion 1 is taken when entering)");
+      }
+      if (group.active.size() != group.slots.size()) return error("active mask size differs");
+      if (std::none_of(group.active.begin(), group.active.end(), [](uint8_t a) { return a; })) {
+        return error("no active token");
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DepthwiseStepResult> TorchModelRunner::StepDepthwise(
+    std::span<const DepthwiseGroup> groups, KvBlockAllocator& allocator) {
+  MOR_RETURN_IF_ERROR(ValidateDepthwise(groups));
+  if (groups.empty()) return DepthwiseStepResult{};
+  try {
+    return model_->ForwardDepthwise(groups, allocator);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("model depth-wise step failed: ", e.what()));
   }
 }
 

@@ -27,10 +27,14 @@ class TorchModelRunner : public ModelRunner {
 
   absl::StatusOr<StepResult> Step(std::span<const SequenceChunk> chunks,
                                   KvBlockAllocator& allocator) override;
+  int32_t num_state_slots() const override;
+  absl::StatusOr<DepthwiseStepResult> StepDepthwise(std::span<const DepthwiseGroup> groups,
+                                                    KvBlockAllocator& allocator) override;
 
  private:
   TorchModelRunner(std::unique_ptr<MorModel> model, std::string dtype_name);
   absl::Status Validate(std::span<const SequenceChunk> chunks) const;
+  absl::Status ValidateDepthwise(std::span<const DepthwiseGroup> groups) const;
 
   std::unique_ptr<MorModel> model_;
   std::string dtype_name_;

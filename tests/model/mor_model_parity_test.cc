@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdio>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -234,6 +236,124 @@ TEST_F(ParityTest, MixedBatchMatchesReference) { ExpectMixedBatchesMatch(cases_,
 // The gather + SDPA attention path (the one CUDA uses) on the CPU too.
 TEST_F(ParityTest, MixedBatchMatchesReferenceWithSdpaAttention) {
   ExpectMixedBatchesMatch(cases_, "sdpa");
+}
+
+// Continuous depth-wise execution: all sequences of a case in flight at
+// once, each entering in chunks of its own size with its own policy, tokens
+// of different sequences at different recursion depths sharing block calls.
+std::vector<SequenceRun> RunDepthwise(Engine& engine, const std::vector<std::vector<int32_t>>& seqs,
+                                      const std::vector<DepthPolicy>& policies,
+                                      const std::vector<int>& chunk_sizes, int64_t* mixed_calls) {
+  struct InFlight {
+    int32_t start = 0;
+    std::vector<int32_t> slots;
+    std::vector<uint8_t> active;
+    std::vector<int32_t> taken;  // recursions taken per token
+    int32_t depth = 0;           // last recursion taken
+  };
+  std::vector<SequenceRun> runs(seqs.size());
+  std::vector<SequenceKv> kvs;
+  for (size_t s = 0; s < seqs.size(); ++s) kvs.push_back(NewSequenceKv(*engine.runner));
+  std::vector<std::optional<InFlight>> flight(seqs.size());
+  std::vector<size_t> entered(seqs.size(), 0);
+  std::vector<int32_t> free_slots;
+  for (int32_t i = engine.runner->num_state_slots() - 1; i >= 0; --i) free_slots.push_back(i);
+  for (int guard = 0; guard < 10000; ++guard) {
+    std::vector<DepthwiseGroup> groups;
+    std::vector<size_t> owner;
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      DepthwiseGroup group;
+      group.kv = &kvs[s];
+      group.policy = policies[s];
+      group.logits = LogitsRequest::kAll;
+      if (flight[s]) {
+        group.start_position = flight[s]->start;
+        group.slots = flight[s]->slots;
+        group.active = flight[s]->active;
+        group.depth = flight[s]->depth + 1;
+      } else if (entered[s] < seqs[s].size()) {
+        const size_t n = std::min<size_t>(chunk_sizes[s], seqs[s].size() - entered[s]);
+        InFlight f;
+        f.start = static_cast<int32_t>(entered[s]);
+        for (size_t i = 0; i < n; ++i) {
+          f.slots.push_back(free_slots.back());
+          free_slots.pop_back();
+        }
+        f.active.assign(n, 1);
+        f.taken.assign(n, 0);
+        flight[s] = f;
+        entered[s] += n;
+        group.enter = true;
+        group.start_position = f.start;
+        group.tokens = std::span<const int32_t>(seqs[s].data() + f.start, n);
+        group.slots = flight[s]->slots;
+        group.depth = 1;
+      } else {
+        continue;
+      }
+      groups.push_back(group);
+      owner.push_back(s);
+    }
+    if (groups.empty()) break;
+    std::set<int32_t> depths_in_step;
+    for (const DepthwiseGroup& g : groups) depths_in_step.insert(g.depth);
+    auto result = engine.runner->StepDepthwise(groups, *engine.allocator);
+    EXPECT_TRUE(result.ok()) << result.status();
+    if (!result.ok()) return runs;
+    if (depths_in_step.size() > 1 && result->block_calls == 1) ++*mixed_calls;
+    for (size_t k = 0; k < groups.size(); ++k) {
+      InFlight& f = *flight[owner[k]];
+      const DepthwiseGroupResult& out = result->groups[k];
+      for (size_t i = 0; i < f.slots.size(); ++i) {
+        if (groups[k].enter || f.active[i]) f.taken[i] = groups[k].depth;
+      }
+      f.depth = groups[k].depth;
+      f.active = out.continues;
+      if (!out.exited) continue;
+      SequenceRun& run = runs[owner[k]];
+      const int64_t v = result->vocab_size;
+      const float* rows = result->logits.data() + out.logits_row * v;
+      run.logits.insert(run.logits.end(), rows, rows + f.slots.size() * v);
+      run.depths.insert(run.depths.end(), f.taken.begin(), f.taken.end());
+      free_slots.insert(free_slots.end(), f.slots.begin(), f.slots.end());
+      flight[owner[k]].reset();
+    }
+  }
+  for (SequenceKv& kv : kvs) engine.allocator->Release(kv);
+  return runs;
+}
+
+TEST_F(ParityTest, ContinuousDepthwiseMatchesReference) {
+  int64_t mixed_calls = 0;
+  for (const ParityCase& c : cases_) {
+    Engine engine = MakeEngine(c, "float32", /*block_size=*/3);
+    ASSERT_NE(engine.runner, nullptr);
+    auto expected = ParityExpectations::Open(c);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    for (size_t rotate = 0; rotate < c.policies.size(); ++rotate) {
+      std::vector<std::vector<int32_t>> seqs;
+      std::vector<DepthPolicy> policies;
+      std::vector<std::string> names;
+      std::vector<int> chunk_sizes;
+      for (int seq = 0; seq < c.num_sequences; ++seq) {
+        seqs.push_back(expected->Tokens(seq));
+        names.push_back(c.policies[(seq + rotate) % c.policies.size()]);
+        policies.push_back(PolicyFromName(names.back()));
+        chunk_sizes.push_back(seq == 0 ? 1 : 3 * seq + 2);
+      }
+      auto runs = RunDepthwise(engine, seqs, policies, chunk_sizes, &mixed_calls);
+      for (int seq = 0; seq < c.num_sequences; ++seq) {
+        const std::string where = absl::StrCat(c.name, " ", names[seq], " seq ", seq, " depthwise");
+        EXPECT_LE(MaxAbsDiff(runs[seq].logits, expected->Logits(names[seq], seq)), kFp32Tolerance)
+            << where;
+        EXPECT_EQ(runs[seq].depths, expected->Depths(names[seq], seq)) << where;
+      }
+    }
+    EXPECT_EQ(engine.allocator->num_free(KvPool::kDepth),
+              engine.runner->kv_geometry().num_depth_blocks - 1);
+  }
+  // Tokens at different depths did share single block calls.
+  EXPECT_GT(mixed_calls, 0);
 }
 
 // Vanilla checkpoints in plain HF Llama naming equal HF transformers.
