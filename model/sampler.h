@@ -3,8 +3,8 @@
 // Pipeline, in this order (as in vLLM / HF transformers):
 //   1. repetition penalty on every token already seen (prompt + output), HF/CTRL
 //      rule: logit > 0 ? logit / penalty : logit * penalty;
-//   2. temperature < kGreedyTemperature (i.e. 0): greedy, argmax, ties -> lowest id;
-//      top_k / top_p / min_p are then irrelevant;
+//   2. temperature < kGreedyTemperature (1e-5, vLLM's epsilon; so 0): greedy argmax,
+//      ties -> lowest id; top_k / top_p / min_p do not apply and no random draw is made;
 //   3. temperature: logits / temperature;
 //   4. top_k: keep the k largest;
 //   5. top_p: of the top-k distribution (renormalised), keep the smallest prefix, in
@@ -145,7 +145,9 @@ class SequenceSampler {
   // Same, with caller-owned scratch memory.
   SampledToken Sample(absl::Span<const float> logits, SamplerWorkspace& workspace);
 
-  // Records a token produced elsewhere (e.g. replayed after a preemption).
+  // Records a token produced elsewhere (e.g. replayed after a preemption). Does not
+  // advance the random stream: keep the request's sampler alive across preemption
+  // to keep its stream.
   void Accept(int32_t token);
 
   const SamplingParams& params() const { return params_; }
