@@ -159,6 +159,9 @@ struct ModelRunnerOptions {
   std::string attention = "auto";
   // Hidden-state slots for tokens in flight between depth-wise steps.
   int32_t num_state_slots = 4096;
+  // False: Step runs every token through all Nr recursions and masks the
+  // results (outputs unchanged; the no-depth-awareness benchmark reference).
+  bool depth_aware = true;
 };
 
 // Loads the model in `options.model_dir` with LibTorch. Errors name the file,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <utility>
 
@@ -38,7 +39,7 @@ struct MorModel::StepRows {
 
 MorModel::MorModel(ModelConfig config, MorWeights weights, const KvCacheGeometry& geometry,
                    at::ScalarType dtype, at::Device device, const std::string& attention,
-                   int32_t num_state_slots)
+                   int32_t num_state_slots, bool depth_aware)
     : config_(std::move(config)),
       plan_(config_.MakeLayerPlan()),
       weights_(std::move(weights)),
@@ -46,6 +47,7 @@ MorModel::MorModel(ModelConfig config, MorWeights weights, const KvCacheGeometry
       dtype_(dtype),
       device_(device),
       use_cpu_attention_(device.is_cpu() && attention != "sdpa"),
+      depth_aware_(depth_aware),
       num_state_slots_(num_state_slots) {
   const auto options = at::TensorOptions().dtype(dtype_).device(device_);
   state_ = at::zeros({num_state_slots_, config_.hidden_size}, options);
@@ -124,14 +126,38 @@ absl::StatusOr<AttentionBatch> MorModel::PrepareLevel(const StepRows& step,
                                                       const std::vector<int64_t>& rows,
                                                       std::vector<KvTable*>& tables, KvPool pool,
                                                       int depth, bool write,
-                                                      KvBlockAllocator& allocator) {
+                                                      KvBlockAllocator& allocator,
+                                                      const std::vector<uint8_t>* dummy) {
   const int32_t block_size = cache_.geometry().block_size;
   LevelQueries queries;
   queries.group.reserve(rows.size());
   queries.entry.reserve(rows.size());
   std::vector<int32_t> group_of_chunk(step.chunks.size(), -1);
   std::vector<int32_t> count_of_chunk(step.chunks.size(), 0);
-  for (int64_t row : rows) {
+  // Entries of one chunk are appended in position order, whatever the order
+  // of `rows` (the depth-grouped order may interleave a chunk's tokens).
+  std::vector<std::vector<int32_t>> positions_of_chunk(step.chunks.size());
+  if (write) {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      if (dummy != nullptr && (*dummy)[i]) continue;
+      positions_of_chunk[step.chunk_of_row[rows[i]]].push_back(step.index_in_chunk[rows[i]]);
+    }
+    for (auto& positions : positions_of_chunk) std::sort(positions.begin(), positions.end());
+  }
+  int32_t dummy_group = -1;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const int64_t row = rows[i];
+    if (dummy != nullptr && (*dummy)[i]) {
+      // A masked row (no depth awareness): it computes like the others but
+      // writes to and reads from the reserved null block only.
+      if (dummy_group < 0) {
+        dummy_group = static_cast<int32_t>(queries.tables.size());
+        queries.tables.push_back(&null_table_);
+      }
+      queries.group.push_back(dummy_group);
+      queries.entry.push_back(0);
+      continue;
+    }
     const int32_t c = step.chunk_of_row[row];
     if (group_of_chunk[c] < 0) {
       group_of_chunk[c] = static_cast<int32_t>(queries.tables.size());
@@ -139,7 +165,11 @@ absl::StatusOr<AttentionBatch> MorModel::PrepareLevel(const StepRows& step,
     }
     queries.group.push_back(group_of_chunk[c]);
     if (write) {
-      queries.entry.push_back(tables[c]->num_tokens + count_of_chunk[c]);
+      const std::vector<int32_t>& positions = positions_of_chunk[c];
+      const int32_t rank = static_cast<int32_t>(
+          std::lower_bound(positions.begin(), positions.end(), step.index_in_chunk[row]) -
+          positions.begin());
+      queries.entry.push_back(tables[c]->num_tokens + rank);
     } else {
       // Read-only (recursive sharing): attend to the depth-1 entries, which
       // this step already extended by every token of the chunk.
@@ -198,21 +228,26 @@ absl::StatusOr<at::Tensor> MorModel::RunRecursion(int r, const StepRows& step,
                                                   const std::vector<int64_t>& rows,
                                                   const at::Tensor& x, const at::Tensor& cos,
                                                   const at::Tensor& sin,
-                                                  KvBlockAllocator& allocator) {
+                                                  KvBlockAllocator& allocator,
+                                                  const std::vector<uint8_t>* dummy) {
   const bool sharing = config_.kv_mode == KvMode::kRecursiveSharing && !config_.is_vanilla();
   const int level = sharing ? 1 : r;
   const bool write = !sharing || r == 1;
   std::vector<KvTable*> tables(step.chunks.size());
   for (size_t c = 0; c < step.chunks.size(); ++c) tables[c] = &step.chunks[c].kv->depths[level - 1];
-  MOR_ASSIGN_OR_RETURN(AttentionBatch batch,
-                       PrepareLevel(step, rows, tables, KvPool::kDepth, level, write, allocator));
+  MOR_ASSIGN_OR_RETURN(AttentionBatch batch, PrepareLevel(step, rows, tables, KvPool::kDepth, level,
+                                                          write, allocator, dummy));
   at::Tensor out = x;
   for (int j = 0; j < plan_.block_layers; ++j) {
     const LayerWeights& layer = weights_.shared_layers[plan_.recursion_layers[r - 1][j]];
     out = DecoderLayer(layer, out, cos, sin, cache_.keys(KvPool::kDepth, j),
                        cache_.values(KvPool::kDepth, j), batch, write);
   }
-  if (write) CommitLevel(step, rows, tables);
+  if (write) {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      if (dummy == nullptr || !(*dummy)[i]) ++tables[step.chunk_of_row[rows[i]]]->num_tokens;
+    }
+  }
   return out;
 }
 
@@ -231,70 +266,129 @@ absl::Status MorModel::RunExpertChoice(const StepRows& step, at::Tensor& h, cons
                                        StepResult& result) {
   const int nr = config_.num_recursions;
   const int64_t total = static_cast<int64_t>(step.all_rows.size());
-  std::vector<int64_t> candidates = step.all_rows;
-  for (int r = 1; r <= nr && !candidates.empty(); ++r) {
-    const auto start = Clock::now();
-    const bool all = static_cast<int64_t>(candidates.size()) == total;
-    at::Tensor cand_index = all ? at::Tensor() : IndexTensor(candidates);
-    at::Tensor h_cand = all ? h : h.index_select(0, cand_index);
+  // Depth-grouped order: rows that may go deepest first (adaptive rows, then
+  // fixed depths in decreasing order; stable, so a chunk keeps position
+  // order). Recursion r then runs on a contiguous leading slice of the live
+  // rows; a row that stops leaves the slice (its final state is written back
+  // at once) and only when adaptive rows drop out of the middle are the
+  // survivors compacted.
+  auto max_depth = [&](int64_t row) {
+    const DepthPolicy policy = step.chunks[step.chunk_of_row[row]].policy;
+    return policy.adaptive() ? nr : policy.fixed_depth;
+  };
+  std::vector<int64_t> live = step.all_rows;
+  std::stable_sort(live.begin(), live.end(),
+                   [&](int64_t a, int64_t b) { return max_depth(a) > max_depth(b); });
+  const bool identity = std::is_sorted(live.begin(), live.end());
+  at::Tensor order = identity ? at::Tensor() : IndexTensor(live);
+  at::Tensor x = identity ? h : h.index_select(0, order);
+  at::Tensor cos_l = identity ? cos : cos.index_select(0, order);
+  at::Tensor sin_l = identity ? sin : sin.index_select(0, order);
+  at::Tensor final_h = identity ? at::Tensor() : at::empty_like(h);
 
+  auto retire = [&](const std::vector<int64_t>& rows, const at::Tensor& values) {
+    if (rows.empty()) return;
+    if (identity && static_cast<int64_t>(rows.size()) == total) {
+      h = values;
+      return;
+    }
+    if (!final_h.defined()) final_h = h.clone();
+    final_h.index_copy_(0, IndexTensor(rows), values);
+  };
+
+  // Without depth awareness every row stays live and rows that stopped are
+  // only marked dead (their results masked).
+  std::vector<uint8_t> alive(live.size(), 1);
+  for (int r = 1; r <= nr && !live.empty(); ++r) {
+    const auto start = Clock::now();
+    const int64_t n = static_cast<int64_t>(live.size());
     at::Tensor scores;  // fp32 [n], sigmoid of the router logit
     std::vector<float> host_scores;
     if (config_.has_router()) {
-      scores = at::sigmoid(RouterLogits(weights_.routers[r - 1], h_cand)).view({-1});
+      scores = at::sigmoid(RouterLogits(weights_.routers[r - 1], x)).view({-1});
       at::Tensor host = scores.cpu().contiguous();
-      host_scores.assign(host.data_ptr<float>(), host.data_ptr<float>() + host.numel());
+      host_scores.assign(host.data_ptr<float>(), host.data_ptr<float>() + n);
     }
-
-    // Which candidates take recursion r.
-    std::vector<int64_t> active;
-    std::vector<int64_t> picked;  // positions within candidates
-    for (size_t i = 0; i < candidates.size(); ++i) {
-      const int64_t row = candidates[i];
+    std::vector<uint8_t> take(n);
+    int64_t taken = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t row = live[i];
       const DepthPolicy policy = step.chunks[step.chunk_of_row[row]].policy;
+      if (!alive[i]) {
+        take[i] = 0;
+        continue;
+      }
       if (!host_scores.empty()) result.router_scores[row * nr + (r - 1)] = host_scores[i];
-      bool take;
       if (r == 1) {
-        take = true;
+        take[i] = 1;
       } else if (policy.adaptive()) {
-        take = host_scores[i] >= static_cast<float>(config_.router_threshold);
+        take[i] = host_scores[i] >= static_cast<float>(config_.router_threshold);
       } else {
-        take = r <= policy.fixed_depth;
+        take[i] = r <= policy.fixed_depth;
       }
-      if (take) {
-        active.push_back(row);
-        picked.push_back(static_cast<int64_t>(i));
-      }
+      taken += take[i];
     }
-    if (active.empty()) break;
-    const bool all_picked = picked.size() == candidates.size();
-    at::Tensor pick_index = all_picked ? at::Tensor() : IndexTensor(picked);
-    at::Tensor x = all_picked ? h_cand : h_cand.index_select(0, pick_index);
-    const bool all_rows = static_cast<int64_t>(active.size()) == total;
-    at::Tensor row_index = all_rows ? at::Tensor() : IndexTensor(active);
-    at::Tensor cos_a = all_rows ? cos : cos.index_select(0, row_index);
-    at::Tensor sin_a = all_rows ? sin : sin.index_select(0, row_index);
+    if (taken == 0) {
+      retire(live, x);
+      live.clear();
+      break;
+    }
 
-    MOR_ASSIGN_OR_RETURN(at::Tensor block_out,
-                         RunRecursion(r, step, active, x, cos_a, sin_a, allocator));
+    std::vector<uint8_t> dummy;  // rows computed only to be masked
+    at::Tensor keep;             // no depth awareness: 1 where the row took r
+    if (!depth_aware_ && taken < n) {
+      dummy.resize(n);
+      for (int64_t i = 0; i < n; ++i) dummy[i] = !take[i];
+      keep = at::from_blob(take.data(), {n}, at::TensorOptions().dtype(at::kByte))
+                 .to(device_)
+                 .to(at::kBool)
+                 .unsqueeze(1);
+    } else if (taken < n) {
+      // Rows that stop leave; the takers become the new leading slice.
+      std::vector<int64_t> stay_index, stay_rows, gone_index, gone_rows;
+      for (int64_t i = 0; i < n; ++i) {
+        (take[i] ? stay_index : gone_index).push_back(i);
+        (take[i] ? stay_rows : gone_rows).push_back(live[i]);
+      }
+      retire(gone_rows, x.index_select(0, IndexTensor(gone_index)));
+      if (stay_index.back() == taken - 1) {  // already a prefix: no gather
+        x = x.narrow(0, 0, taken);
+        cos_l = cos_l.narrow(0, 0, taken);
+        sin_l = sin_l.narrow(0, 0, taken);
+        if (scores.defined()) scores = scores.narrow(0, 0, taken);
+      } else {
+        at::Tensor stay = IndexTensor(stay_index);
+        x = x.index_select(0, stay);
+        cos_l = cos_l.index_select(0, stay);
+        sin_l = sin_l.index_select(0, stay);
+        if (scores.defined()) scores = scores.index_select(0, stay);
+      }
+      live = std::move(stay_rows);
+      alive.assign(live.size(), 1);
+    }
+
+    MOR_ASSIGN_OR_RETURN(
+        at::Tensor block_out,
+        RunRecursion(r, step, live, x, cos_l, sin_l, allocator, dummy.empty() ? nullptr : &dummy));
     at::Tensor updated;
     if (config_.has_router()) {
-      at::Tensor s = all_picked ? scores : scores.index_select(0, pick_index);
-      at::Tensor g = (s * static_cast<float>(config_.router_alpha)).to(dtype_).unsqueeze(1);
+      at::Tensor g = (scores * static_cast<float>(config_.router_alpha)).to(dtype_).unsqueeze(1);
       updated = x + g * block_out;
     } else {
       updated = block_out;  // vanilla: the block is the whole model body
     }
-    if (all_rows) {
-      h = updated;
-    } else {
-      h.index_copy_(0, row_index, updated);
+    x = keep.defined() ? at::where(keep, updated, x) : updated;
+    for (int64_t i = 0; i < static_cast<int64_t>(live.size()); ++i) {
+      if (dummy.empty() || take[i]) result.token_depth[live[i]] = static_cast<int8_t>(r);
     }
-    for (int64_t row : active) result.token_depth[row] = static_cast<int8_t>(r);
-    result.stats.token_steps_per_depth[r - 1] += static_cast<int64_t>(active.size());
+    // Masked mode: token-recursion steps counted are the useful ones.
+    result.stats.token_steps_per_depth[r - 1] +=
+        dummy.empty() ? static_cast<int64_t>(live.size()) : taken;
     result.stats.recursion_seconds[r - 1] += SecondsSince(start);
-    candidates = std::move(active);
+    if (!dummy.empty()) alive = take;  // masked mode: rows stay, marked dead
   }
+  retire(live, x);
+  if (final_h.defined()) h = final_h;
   return absl::OkStatus();
 }
 
@@ -335,31 +429,45 @@ absl::Status MorModel::RunTokenChoice(const StepRows& step, at::Tensor& h, const
                      .to(dtype_)
                      .unsqueeze(1);
 
-  // state[row] ends as Block_{depth}(h_depth) of the row's last recursion.
-  at::Tensor h1 = h;
-  at::Tensor state = h.clone();
+  // Depth-grouped order: rows by assigned depth, deepest first (stable), so
+  // recursion r runs on the leading slice of rows with depth >= r.
+  std::vector<int64_t> order(total);
+  for (int64_t i = 0; i < total; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return depth[a] > depth[b]; });
+  const bool identity = std::is_sorted(order.begin(), order.end());
+  at::Tensor perm = identity ? at::Tensor() : IndexTensor(order);
+  at::Tensor state = identity ? h : h.index_select(0, perm);
+  at::Tensor cos_o = identity ? cos : cos.index_select(0, perm);
+  at::Tensor sin_o = identity ? sin : sin.index_select(0, perm);
+  std::vector<int64_t> done;  // finished state slices, in order
+  std::vector<at::Tensor> finished;
   for (int r = 1; r <= nr; ++r) {
     const auto start = Clock::now();
-    std::vector<int64_t> active;
-    for (int64_t row = 0; row < total; ++row) {
-      if (depth[row] >= r) active.push_back(row);
+    int64_t n = 0;
+    while (n < total && depth[order[n]] >= r) ++n;
+    if (n == 0) break;
+    std::vector<int64_t> rows(order.begin(), order.begin() + n);
+    std::vector<uint8_t> dummy;
+    int64_t compute_rows = n;
+    if (!depth_aware_) {
+      // Every row runs every recursion; rows past their depth are masked.
+      compute_rows = total;
+      rows = order;
+      dummy.assign(total, 0);
+      for (int64_t i = n; i < total; ++i) dummy[i] = 1;
     }
-    if (active.empty()) break;
-    const bool all_rows = static_cast<int64_t>(active.size()) == total;
-    at::Tensor row_index = all_rows ? at::Tensor() : IndexTensor(active);
-    at::Tensor x = all_rows ? state : state.index_select(0, row_index);
-    at::Tensor cos_a = all_rows ? cos : cos.index_select(0, row_index);
-    at::Tensor sin_a = all_rows ? sin : sin.index_select(0, row_index);
-    MOR_ASSIGN_OR_RETURN(at::Tensor out, RunRecursion(r, step, active, x, cos_a, sin_a, allocator));
-    if (all_rows) {
-      state = out;
-    } else {
-      state.index_copy_(0, row_index, out);
-    }
-    result.stats.token_steps_per_depth[r - 1] += static_cast<int64_t>(active.size());
+    at::Tensor x = state.narrow(0, 0, compute_rows);
+    MOR_ASSIGN_OR_RETURN(at::Tensor out,
+                         RunRecursion(r, step, rows, x, cos_o.narrow(0, 0, compute_rows),
+                                      sin_o.narrow(0, 0, compute_rows), allocator,
+                                      dummy.empty() ? nullptr : &dummy));
+    state = at::cat({out.narrow(0, 0, n), state.narrow(0, n, total - n)}, 0);
+    result.stats.token_steps_per_depth[r - 1] += n;
     result.stats.recursion_seconds[r - 1] += SecondsSince(start);
   }
-  h = h1 + g * state;
+  at::Tensor final_state = identity ? state : at::empty_like(state).index_copy_(0, perm, state);
+  h = h + g * final_state;
   return absl::OkStatus();
 }
 

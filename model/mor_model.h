@@ -27,7 +27,7 @@ class MorModel {
   // "sdpa" (gather + SDPA everywhere).
   MorModel(ModelConfig config, MorWeights weights, const KvCacheGeometry& geometry,
            at::ScalarType dtype, at::Device device, const std::string& attention = "auto",
-           int32_t num_state_slots = 0);
+           int32_t num_state_slots = 0, bool depth_aware = true);
 
   const ModelConfig& config() const { return config_; }
   const LayerPlan& plan() const { return plan_; }
@@ -63,10 +63,13 @@ class MorModel {
 
   // Attention metadata for `rows` (indices into the step's rows) at one KV
   // level; grows the tables through `allocator` when `write` is set.
+  // `dummy` (optional, per row): rows computed only to be masked, routed to
+  // the reserved null block.
   absl::StatusOr<AttentionBatch> PrepareLevel(const StepRows& step,
                                               const std::vector<int64_t>& rows,
                                               std::vector<KvTable*>& tables, KvPool pool, int depth,
-                                              bool write, KvBlockAllocator& allocator);
+                                              bool write, KvBlockAllocator& allocator,
+                                              const std::vector<uint8_t>* dummy = nullptr);
   static void CommitLevel(const StepRows& step, const std::vector<int64_t>& rows,
                           std::vector<KvTable*>& tables);
 
@@ -74,7 +77,8 @@ class MorModel {
   absl::StatusOr<at::Tensor> RunRecursion(int r, const StepRows& step,
                                           const std::vector<int64_t>& rows, const at::Tensor& x,
                                           const at::Tensor& cos, const at::Tensor& sin,
-                                          KvBlockAllocator& allocator);
+                                          KvBlockAllocator& allocator,
+                                          const std::vector<uint8_t>* dummy = nullptr);
 
   absl::Status RunExpertChoice(const StepRows& step, at::Tensor& h, const at::Tensor& cos,
                                const at::Tensor& sin, KvBlockAllocator& allocator,
@@ -111,6 +115,10 @@ class MorModel {
   at::ScalarType dtype_;
   at::Device device_;
   bool use_cpu_attention_;
+  // False: every token runs every recursion and results are masked (the
+  // no-depth-awareness benchmark reference).
+  bool depth_aware_ = true;
+  KvTable null_table_{{0}, 0};  // the reserved block 0, for masked rows
   // Depth-wise state of tokens in flight, indexed by slot.
   int32_t num_state_slots_ = 0;
   at::Tensor state_;                 // [slots, d] hidden state

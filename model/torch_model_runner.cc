@@ -124,8 +124,9 @@ absl::StatusOr<std::unique_ptr<TorchModelRunner>> TorchModelRunner::Create(
       return absl::InvalidArgumentError(
           absl::StrCat("attention '", options.attention, "': expected auto or sdpa"));
     }
-    auto model = std::make_unique<MorModel>(std::move(config), std::move(weights), geometry, dtype,
-                                            device, options.attention, options.num_state_slots);
+    auto model =
+        std::make_unique<MorModel>(std::move(config), std::move(weights), geometry, dtype, device,
+                                   options.attention, options.num_state_slots, options.depth_aware);
     return std::unique_ptr<TorchModelRunner>(
         new TorchModelRunner(std::move(model), CanonicalDType(dtype)));
   } catch (const std::exception& e) {

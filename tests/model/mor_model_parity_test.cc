@@ -56,9 +56,10 @@ struct Engine {
 };
 
 Engine MakeEngine(const ParityCase& c, const std::string& dtype = "float32", int32_t block_size = 4,
-                  const std::string& attention = "auto") {
+                  const std::string& attention = "auto", bool depth_aware = true) {
   ModelRunnerOptions options;
   options.attention = attention;
+  options.depth_aware = depth_aware;
   options.model_dir = c.model_dir;
   options.device = kDevice;
   options.dtype = dtype;
@@ -205,9 +206,10 @@ TEST_F(ParityTest, PrefillChunkedAndDecodeMatchReference) {
 
 // All sequences of a case in one batch, each with a different policy and a
 // different chunk size (prefill chunks and decode tokens mixed in one step).
-void ExpectMixedBatchesMatch(const std::vector<ParityCase>& cases, const std::string& attention) {
+void ExpectMixedBatchesMatch(const std::vector<ParityCase>& cases, const std::string& attention,
+                             bool depth_aware = true) {
   for (const ParityCase& c : cases) {
-    Engine engine = MakeEngine(c, "float32", /*block_size=*/3, attention);
+    Engine engine = MakeEngine(c, "float32", /*block_size=*/3, attention, depth_aware);
     ASSERT_NE(engine.runner, nullptr);
     auto expected = ParityExpectations::Open(c);
     ASSERT_TRUE(expected.ok()) << expected.status();
@@ -232,6 +234,12 @@ void ExpectMixedBatchesMatch(const std::vector<ParityCase>& cases, const std::st
 }
 
 TEST_F(ParityTest, MixedBatchMatchesReference) { ExpectMixedBatchesMatch(cases_, "auto"); }
+
+// No depth awareness (every token through every recursion, results masked)
+// computes more but must give the same outputs.
+TEST_F(ParityTest, MixedBatchMatchesReferenceWithoutDepthAwareness) {
+  ExpectMixedBatchesMatch(cases_, "auto", /*depth_aware=*/false);
+}
 
 // The gather + SDPA attention path (the one CUDA uses) on the CPU too.
 TEST_F(ParityTest, MixedBatchMatchesReferenceWithSdpaAttention) {
