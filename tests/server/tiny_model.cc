@@ -38,10 +38,14 @@ void AddLayer(TensorMaker& maker, const ModelConfig& c, const std::string& prefi
               std::vector<TensorToWrite>& out) {
   const int64_t d = c.hidden_size, hd = c.head_dim, inter = c.intermediate_size;
   const float kProj = 0.08f;
-  out.push_back(maker.Make(prefix + ".self_attn.q_proj.weight", {c.num_attention_heads * hd, d}, kProj));
-  out.push_back(maker.Make(prefix + ".self_attn.k_proj.weight", {c.num_key_value_heads * hd, d}, kProj));
-  out.push_back(maker.Make(prefix + ".self_attn.v_proj.weight", {c.num_key_value_heads * hd, d}, kProj));
-  out.push_back(maker.Make(prefix + ".self_attn.o_proj.weight", {d, c.num_attention_heads * hd}, kProj));
+  out.push_back(
+      maker.Make(prefix + ".self_attn.q_proj.weight", {c.num_attention_heads * hd, d}, kProj));
+  out.push_back(
+      maker.Make(prefix + ".self_attn.k_proj.weight", {c.num_key_value_heads * hd, d}, kProj));
+  out.push_back(
+      maker.Make(prefix + ".self_attn.v_proj.weight", {c.num_key_value_heads * hd, d}, kProj));
+  out.push_back(
+      maker.Make(prefix + ".self_attn.o_proj.weight", {d, c.num_attention_heads * hd}, kProj));
   out.push_back(maker.Make(prefix + ".mlp.gate_proj.weight", {inter, d}, kProj));
   out.push_back(maker.Make(prefix + ".mlp.up_proj.weight", {inter, d}, kProj));
   out.push_back(maker.Make(prefix + ".mlp.down_proj.weight", {d, inter}, kProj));
@@ -94,8 +98,8 @@ absl::Status WriteTinyMorModel(const std::string& dir, const ModelConfig& c, uin
   AddLayer(maker, c, "model.layers.1.block.0", tensors);
   const float router_std = 3.0f / std::sqrt(static_cast<float>(d));
   for (int r = 1; r <= c.num_recursions; ++r) {
-    tensors.push_back(
-        maker.Make(absl::StrCat("model.layers.", r, ".mor_router.router.weight"), {1, d}, router_std));
+    tensors.push_back(maker.Make(absl::StrCat("model.layers.", r, ".mor_router.router.weight"),
+                                 {1, d}, router_std));
   }
   return WriteSafetensors(dir + "/model.safetensors", tensors);
 }

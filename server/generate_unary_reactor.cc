@@ -1,0 +1,39 @@
+#include "server/generate_unary_reactor.h"
+
+#include <utility>
+
+#include "server/grpc_status.h"
+
+namespace mor {
+
+GenerateUnaryReactor::GenerateUnaryReactor(Engine* engine,
+                                           absl::StatusOr<GenerationRequest> request,
+                                           OutputOptions options,
+                                           v1::GenerateUnaryResponse* response)
+    : options_(options), response_(response), handle_(engine) {
+  absl::Status status = request.status();
+  if (status.ok()) {
+    response_->set_request_id(request->request_id);
+    // Not yet bound to the call: OnDone cannot run before this returns.
+    status = handle_.Submit(*std::move(request), this);
+  }
+  if (!status.ok()) Finish(ToGrpcStatus(status));
+}
+
+void GenerateUnaryReactor::OnTokens(absl::Span<const GeneratedToken> tokens) {
+  AppendTokens(tokens, options_, response_);
+}
+
+void GenerateUnaryReactor::OnFinished(const GenerationResult& result) {
+  if (result.status.ok()) {
+    response_->set_finish_reason(ToProto(result.reason));
+    FillUsage(result.usage, response_->mutable_usage());
+  }
+  Finish(ToGrpcStatus(result.status));  // last use of `this`
+}
+
+void GenerateUnaryReactor::OnCancel() { handle_.Cancel(); }
+
+void GenerateUnaryReactor::OnDone() { delete this; }
+
+}  // namespace mor

@@ -1,0 +1,62 @@
+// The gRPC server around an Engine: MorService, the standard grpc.health.v1
+// service and server reflection on one listening address.
+#ifndef MOR_SERVER_MOR_SERVER_H_
+#define MOR_SERVER_MOR_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "server/engine.h"
+#include "server/mor_service_impl.h"
+#include "server/request_validation.h"
+
+namespace mor {
+
+struct MorServerOptions {
+  // host:port; port 0 picks a free port (see MorServer::port()).
+  std::string listen_address = "127.0.0.1:50051";
+  RequestLimits limits;
+};
+
+// Owns the engine and the gRPC server. Thread-safe.
+class MorServer {
+ public:
+  // Starts serving `engine` (health SERVING). Fails when the address cannot be
+  // bound.
+  static absl::StatusOr<std::unique_ptr<MorServer>> Start(std::unique_ptr<Engine> engine,
+                                                          const MorServerOptions& options);
+  // Shutdown(absl::ZeroDuration()) unless already shut down.
+  ~MorServer();
+  MorServer(const MorServer&) = delete;
+  MorServer& operator=(const MorServer&) = delete;
+
+  // The bound port.
+  int port() const { return port_; }
+  // "127.0.0.1:<port>"-style address clients can dial.
+  std::string address() const;
+  Engine& engine() { return *engine_; }
+
+  // Graceful stop: health NOT_SERVING, no new calls, in-flight calls get
+  // `grace` to finish and are then cancelled (their engine requests abort),
+  // then the engine stops. Blocks until done. Idempotent.
+  void Shutdown(absl::Duration grace);
+
+ private:
+  MorServer(std::unique_ptr<Engine> engine, const MorServerOptions& options);
+
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<MorServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string host_;
+  int port_ = 0;
+  absl::Mutex shutdown_mu_;
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+};
+
+}  // namespace mor
+
+#endif  // MOR_SERVER_MOR_SERVER_H_

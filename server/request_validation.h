@@ -1,0 +1,34 @@
+// Turns a mor.v1.GenerateRequest into a validated GenerationRequest.
+#ifndef MOR_SERVER_REQUEST_VALIDATION_H_
+#define MOR_SERVER_REQUEST_VALIDATION_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "model/model_config.h"
+#include "proto/mor/v1/mor.pb.h"
+#include "server/generation_types.h"
+
+namespace mor {
+
+// Server-side limits that are not part of the model.
+struct RequestLimits {
+  int32_t max_tokens_cap = 4096;  // largest StoppingCriteria.max_tokens
+  size_t max_request_id_length = 256;
+};
+
+// Checks every field against the model and `limits`. Errors name the field and
+// the value: InvalidArgument (e.g. "sampling.top_p must be in (0, 1] (got 0)"),
+// or Unimplemented for features that need the tokenizer (text input, stop
+// strings). request_id must be at most max_request_id_length printable ASCII
+// characters (it goes into the log); `request_id` is used when the request
+// carries none. The deadline is left for the caller to set.
+absl::StatusOr<GenerationRequest> ParseGenerateRequest(const v1::GenerateRequest& request,
+                                                       const ModelConfig& config,
+                                                       const RequestLimits& limits,
+                                                       const std::string& request_id);
+
+}  // namespace mor
+
+#endif  // MOR_SERVER_REQUEST_VALIDATION_H_
