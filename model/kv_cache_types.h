@@ -16,6 +16,7 @@
 #define MOR_MODEL_KV_CACHE_TYPES_H_
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -57,6 +58,17 @@ struct KvCacheGeometry {
     return int64_t{2} * block_layers * block_size * num_kv_heads * head_dim * dtype_bytes;
   }
 };
+
+struct ModelConfig;
+
+// The cache shape of `config` (docs/model-format.md "KV cache"): unique-pool
+// layers, B layers per depth block, Nr depth levels (1 for recursive sharing
+// and vanilla). Block counts are left 0 for the caller to fill.
+KvCacheGeometry MakeKvCacheGeometry(const ModelConfig& config, int32_t block_size,
+                                    int32_t dtype_bytes);
+
+// Bytes per element of "float32", "bfloat16" / "float16" (0 if unknown).
+int32_t DTypeBytes(const std::string& dtype);
 
 // Hands out physical blocks. Implemented by the scheduler's KV manager (and by
 // SimpleBlockAllocator for tests). Called only from the engine thread, during

@@ -106,15 +106,8 @@ absl::StatusOr<std::unique_ptr<TorchModelRunner>> TorchModelRunner::Create(
     MOR_ASSIGN_OR_RETURN(MorWeights weights,
                          LoadMorWeights(*checkpoint, config, plan, dtype, device));
 
-    KvCacheGeometry geometry;
-    geometry.block_size = options.block_size;
-    geometry.num_unique_layers = plan.num_unique_layers;
-    geometry.block_layers = plan.block_layers;
-    geometry.num_depth_levels =
-        config.kv_mode == KvMode::kRecursiveSharing ? 1 : config.num_recursions;
-    geometry.num_kv_heads = static_cast<int32_t>(config.num_key_value_heads);
-    geometry.head_dim = static_cast<int32_t>(config.head_dim);
-    geometry.dtype_bytes = static_cast<int32_t>(c10::elementSize(dtype));
+    KvCacheGeometry geometry = MakeKvCacheGeometry(config, options.block_size,
+                                                   static_cast<int32_t>(c10::elementSize(dtype)));
     geometry.num_depth_blocks = options.num_depth_blocks;
     geometry.num_unique_blocks = plan.num_unique_layers == 0
                                      ? 0

@@ -9,9 +9,9 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
-#include "server/engine.h"
-#include "server/generation_sink.h"
-#include "server/generation_types.h"
+#include "scheduler/engine.h"
+#include "scheduler/generation_sink.h"
+#include "scheduler/generation_types.h"
 
 namespace mor {
 

@@ -7,9 +7,9 @@
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/mor/v1/mor.pb.h"
-#include "server/engine.h"
+#include "scheduler/engine.h"
 #include "server/engine_request_handle.h"
-#include "server/generation_sink.h"
+#include "scheduler/generation_sink.h"
 #include "server/response_conversion.h"
 
 namespace mor {

@@ -5,9 +5,9 @@
 #include "absl/status/statusor.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/mor/v1/mor.pb.h"
-#include "server/engine.h"
+#include "scheduler/engine.h"
 #include "server/engine_request_handle.h"
-#include "server/generation_sink.h"
+#include "scheduler/generation_sink.h"
 #include "server/response_conversion.h"
 
 namespace mor {

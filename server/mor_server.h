@@ -10,7 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
-#include "server/engine.h"
+#include "scheduler/engine.h"
 #include "server/mor_service_impl.h"
 #include "server/request_validation.h"
 

@@ -16,8 +16,11 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "model/kv_cache_types.h"
+#include "model/model_config.h"
 #include "model/model_runner.h"
-#include "server/engine.h"
+#include "scheduler/engine.h"
+#include "scheduler/kv_cache_manager.h"
 #include "server/mor_server.h"
 
 ABSL_FLAG(std::string, listen_address, "127.0.0.1:50051",
@@ -30,10 +33,34 @@ ABSL_FLAG(std::string, device, "cpu", "Where the model runs: cpu, cuda or cuda:N
 ABSL_FLAG(std::string, dtype, "float32",
           "Compute dtype: float32, bfloat16 or float16 (float16 on CUDA only).");
 ABSL_FLAG(int32_t, block_size, 16, "Tokens per KV-cache block.");
-ABSL_FLAG(int64_t, kv_blocks, 1024,
-          "KV-cache blocks per pool (the depth pool, and the unique-layer pool of middle_* "
-          "models), including one reserved block. A request needs about "
-          "depths x (prompt + max_tokens) / block_size depth blocks.");
+ABSL_FLAG(int64_t, kv_cache_bytes, int64_t{1} << 30,
+          "KV-cache memory budget in bytes (default 1 GiB), split between the depth pool (all "
+          "recursion depths, per-depth block tables) and the unique-layer pool of middle_* "
+          "models. Ignored when --kv_blocks is set.");
+ABSL_FLAG(int64_t, kv_blocks, 0,
+          "KV-cache blocks per pool (including one reserved block), instead of "
+          "--kv_cache_bytes. A request needs about depths x (prompt + max_tokens) / block_size "
+          "depth blocks.");
+ABSL_FLAG(std::string, batching_mode, "continuous_depthwise",
+          "continuous_depthwise (one shared-block call carries tokens at different recursion "
+          "depths from different requests; the paper's continuous depth-wise batching), "
+          "depth_grouped (each step carries its tokens through all their recursions, rows "
+          "ordered by depth) or no_depth_awareness (every token through all recursions, "
+          "results masked; for benchmarks).");
+ABSL_FLAG(int32_t, max_num_seqs, 256, "Most requests running at once.");
+ABSL_FLAG(int32_t, max_num_batched_tokens, 2048,
+          "Token budget of one engine step (depth-wise: rows of one shared-block call); also "
+          "the largest prefill chunk.");
+ABSL_FLAG(int32_t, max_queued_requests, 1024,
+          "Most requests waiting for admission; beyond it Generate fails with "
+          "RESOURCE_EXHAUSTED.");
+ABSL_FLAG(bool, priority_scheduling, false,
+          "Admit and keep requests by GenerateRequest.priority (higher first), then arrival; "
+          "preempt the lowest priority first. Off: first come, first served.");
+ABSL_FLAG(bool, static_batching, false,
+          "Admit a new batch only when every running request finished (for comparisons).");
+ABSL_FLAG(int32_t, state_slots, 4096,
+          "Continuous depth-wise mode: hidden-state slots for tokens in flight.");
 ABSL_FLAG(int32_t, max_tokens_cap, 4096,
           "Largest StoppingCriteria.max_tokens a request may ask for (also the default when "
           "a request sets none, bounded by the model's context).");
@@ -71,20 +98,49 @@ int main(int argc, char** argv) {
   model_options.device = absl::GetFlag(FLAGS_device);
   model_options.dtype = absl::GetFlag(FLAGS_dtype);
   model_options.block_size = absl::GetFlag(FLAGS_block_size);
-  model_options.num_depth_blocks = absl::GetFlag(FLAGS_kv_blocks);
   model_options.num_threads = absl::GetFlag(FLAGS_threads);
+  model_options.num_state_slots = absl::GetFlag(FLAGS_state_slots);
+  auto mode = mor::ParseBatchingMode(absl::GetFlag(FLAGS_batching_mode));
+  if (!mode.ok()) return Fail(mode.status().ToString());
+  model_options.depth_aware = *mode != mor::BatchingMode::kNoDepthAwareness;
+
+  // KV pools: from --kv_blocks, or split from the byte budget.
+  if (absl::GetFlag(FLAGS_kv_blocks) > 0) {
+    model_options.num_depth_blocks = absl::GetFlag(FLAGS_kv_blocks);
+  } else {
+    auto config = mor::ModelConfig::FromFile(model_options.model_dir + std::string("/config.json"));
+    if (!config.ok()) return Fail(config.status().ToString());
+    const int32_t dtype_bytes = mor::DTypeBytes(model_options.dtype);
+    if (dtype_bytes == 0) return Fail("unknown --dtype " + model_options.dtype);
+    const mor::KvCacheGeometry geometry =
+        mor::MakeKvCacheGeometry(*config, model_options.block_size, dtype_bytes);
+    auto sizes = mor::KvCacheManager::SizeFromBudget(geometry, absl::GetFlag(FLAGS_kv_cache_bytes));
+    if (!sizes.ok()) return Fail(sizes.status().ToString());
+    model_options.num_depth_blocks = sizes->num_depth_blocks;
+    model_options.num_unique_blocks = sizes->num_unique_blocks;
+  }
+  mor::EngineOptions engine_options;
+  engine_options.scheduler.mode = *mode;
+  engine_options.scheduler.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
+  engine_options.scheduler.max_num_batched_tokens = absl::GetFlag(FLAGS_max_num_batched_tokens);
+  engine_options.scheduler.max_queued_requests = absl::GetFlag(FLAGS_max_queued_requests);
+  engine_options.scheduler.priority_scheduling = absl::GetFlag(FLAGS_priority_scheduling);
+  engine_options.scheduler.static_batching = absl::GetFlag(FLAGS_static_batching);
   if (absl::GetFlag(FLAGS_max_tokens_cap) < 1) return Fail("--max_tokens_cap must be >= 1");
 
   const absl::Time load_start = absl::Now();
   auto runner = mor::CreateTorchModelRunner(model_options);
   if (!runner.ok()) return Fail(runner.status().ToString());
-  auto engine = mor::Engine::Create(std::move(*runner));
+  auto engine = mor::Engine::Create(std::move(*runner), engine_options);
   if (!engine.ok()) return Fail(engine.status().ToString());
   const mor::ModelConfig& config = (*engine)->config();
   const std::string model_line = absl::StrCat(
       config.model_type, " ", std::string(mor::SharingStrategyName(config.sharing)),
       " Nr=", config.num_recursions, " d=", config.hidden_size, " L=", config.num_hidden_layers,
-      " vocab=", config.vocab_size, " on ", (*engine)->device(), " ", (*engine)->dtype());
+      " vocab=", config.vocab_size, " on ", (*engine)->device(), " ", (*engine)->dtype(),
+      "; batching ", mor::BatchingModeName(engine_options.scheduler.mode), ", KV ",
+      (*engine)->kv_geometry().num_depth_blocks, " blocks of ", model_options.block_size,
+      " tokens");
 
   mor::MorServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen_address);

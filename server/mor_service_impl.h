@@ -9,7 +9,7 @@
 
 #include "grpcpp/grpcpp.h"
 #include "proto/mor/v1/mor.grpc.pb.h"
-#include "server/engine.h"
+#include "scheduler/engine.h"
 #include "server/request_validation.h"
 
 namespace mor {

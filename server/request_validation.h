@@ -8,7 +8,7 @@
 #include "absl/status/statusor.h"
 #include "model/model_config.h"
 #include "proto/mor/v1/mor.pb.h"
-#include "server/generation_types.h"
+#include "scheduler/generation_types.h"
 
 namespace mor {
 

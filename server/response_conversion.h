@@ -4,8 +4,8 @@
 
 #include "absl/types/span.h"
 #include "proto/mor/v1/mor.pb.h"
-#include "server/engine.h"
-#include "server/generation_types.h"
+#include "scheduler/engine.h"
+#include "scheduler/generation_types.h"
 #include "server/request_validation.h"
 
 namespace mor {

@@ -20,8 +20,8 @@
 #include "model/model_runner.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
 #include "proto/mor/v1/mor.grpc.pb.h"
-#include "server/engine.h"
-#include "server/flops_estimate.h"
+#include "scheduler/engine.h"
+#include "scheduler/flops_estimate.h"
 #include "server/mor_server.h"
 #include "tests/server/tiny_model.h"
 
