@@ -40,6 +40,8 @@ class ParityExpectations {
   std::vector<float> Logits(const std::string& policy, int seq) const;
   std::vector<int32_t> Depths(const std::string& policy, int seq) const;
   std::vector<float> Scores(const std::string& policy, int seq) const;  // [n, Nr]
+  // The reference's greedy continuation (empty where none was written).
+  std::vector<int32_t> Greedy(const std::string& policy, int seq) const;
 
  private:
   std::shared_ptr<SafetensorsFile> file_;

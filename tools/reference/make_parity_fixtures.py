@@ -18,6 +18,8 @@ policy p in ``adaptive``, ``fixed1`` .. ``fixed<Nr>``:
 * ``depths.{p}.{i}``    int32   [n]          recursion depth reached per token
 * ``scores.{p}.{i}``    float32 [n, Nr]      router scores, NaN = not evaluated
 * ``logits.hf.{i}``     float32 [n, vocab]   HF transformers logits (vanilla only)
+* ``greedy.{p}.{i}``    int32   [8]          reference greedy continuation
+  (sequences 0 and 1, only where robust: see ``_add_greedy``)
 
 Cases: every sharing strategy x router type x kv mode (names
 ``<sharing>_<ec|tc>_<rw|rs>``; Nr alternates 2/3, router_arch linear/mlp,
@@ -54,6 +56,7 @@ from mor_reference import load_model  # noqa: E402
 
 SEQ_LENGTHS = (7, 19, 33)
 MARGIN = 1e-3
+GREEDY_NEW = 8        # greedy continuation length written per sequence
 HF_ATOL = 1e-4
 MAX_SEQ_TRIES = 20    # re-draws of one sequence before changing the seed
 MAX_SET_TRIES = 10    # re-draws of the whole set for depth coverage
@@ -174,6 +177,7 @@ def build_case(spec: dict, out_dir: str) -> dict:
             expected[f"logits.{p}.{i}"] = logits.float().contiguous()
             expected[f"depths.{p}.{i}"] = depths.to(torch.int32)
             expected[f"scores.{p}.{i}"] = scores.float().contiguous()
+    greedy_written = _add_greedy(model, seqs, policies, expected)
     if want_hf:
         _add_hf_logits(name, model_dir, seqs, expected)
     save_file(expected, os.path.join(case_dir, "expected.safetensors"),
@@ -210,7 +214,35 @@ def build_case(spec: dict, out_dir: str) -> dict:
         "seq_lengths": [len(t) for t, _, _ in seqs],
         "has_hf_logits": want_hf,
         "min_routing_margin": min(m for _, _, m in seqs) if routed else None,
+        "greedy_new_tokens": GREEDY_NEW,
+        "greedy_written": greedy_written,
     }
+
+
+def _add_greedy(model, seqs, policies, expected) -> int:
+    """Add ``greedy.{p}.{i}``: the reference's greedy continuation.
+
+    Written only where it is robust: every argmax wins by at least MARGIN and
+    (adaptive) every routing decision over prompt + continuation is at least
+    MARGIN from its tie point, so the engine cannot diverge on float noise.
+    Returns how many continuations were written.
+    """
+    written = 0
+    for i, (toks, _, _) in enumerate(seqs[:2]):
+        for p in policies:
+            depth = None if p == "adaptive" else int(p[len("fixed"):])
+            new = model.generate_greedy(toks, GREEDY_NEW, depth)
+            full = toks + new[:-1]
+            logits, depths, scores = model.forward(full, depth)
+            tail = logits[len(toks) - 1:]
+            top2 = tail.topk(2, dim=-1).values
+            if float((top2[:, 0] - top2[:, 1]).min()) < MARGIN:
+                continue
+            if depth is None and robust_margin(model, depths, scores) < MARGIN:
+                continue
+            expected[f"greedy.{p}.{i}"] = torch.tensor(new, dtype=torch.int32)
+            written += 1
+    return written
 
 
 def _add_hf_logits(name, model_dir, seqs, expected) -> None:
