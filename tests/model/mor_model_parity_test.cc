@@ -388,12 +388,13 @@ TEST_F(ParityTest, VanillaMatchesHfTransformers) {
 
 // bf16 compute against the fp32 reference, at every fixed depth (adaptive
 // routing is excluded: a router score within bf16 rounding of the threshold
-// may legitimately send a token elsewhere). bf16 keeps 8 significant bits, so
-// every matmul input carries a relative rounding error up to 2^-9; through
-// the 4-8 layers of these models the errors compound to a few percent of the
-// logit scale. The bound is 5% of the largest |logit| of the sequence plus a
-// mean-error bound of 1%, which a wrong computation (a missing norm, a wrong
-// gate, a wrong cache entry) exceeds by an order of magnitude.
+// may legitimately send a token elsewhere). bf16 keeps 8 significant bits and
+// these random models amplify rounding differently (up to ~12% of the logit
+// scale for the reference itself), so the bound is relative to the PyTorch
+// reference's own bf16 error on the same input: the engine may be at most
+// twice as far from fp32 as the reference in bf16 is (max and mean error),
+// plus 1% / 0.2% of the logit scale. A wrong computation (a missing norm or
+// gate, a wrong cache entry) is off by the logit scale itself.
 TEST_F(ParityTest, Bf16WithinToleranceOfFp32Reference) {
   float worst_ratio = 0;
   for (const ParityCase& c : cases_) {
@@ -420,8 +421,10 @@ TEST_F(ParityTest, Bf16WithinToleranceOfFp32Reference) {
           worst_ratio = std::max(worst_ratio, max_error / scale);
           const std::string where =
               absl::StrCat(c.name, " ", policy, " seq ", seq, " chunk ", chunk);
-          EXPECT_LE(max_error, 0.05f * scale) << where;
-          EXPECT_LE(mean_error, 0.01 * scale) << where;
+          const std::vector<float> reference_error = expected->Bf16Error(policy, seq);
+          ASSERT_EQ(reference_error.size(), 2u) << where;
+          EXPECT_LE(max_error, 2.0f * reference_error[0] + 0.01f * scale) << where;
+          EXPECT_LE(mean_error, 2.0 * reference_error[1] + 0.002 * scale) << where;
           EXPECT_EQ(runs[0].depths, expected->Depths(policy, seq)) << where;
         }
       }

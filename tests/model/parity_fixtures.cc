@@ -87,6 +87,10 @@ std::vector<float> ParityExpectations::Scores(const std::string& policy, int seq
   return ReadAll<float>(*file_, absl::StrCat("scores.", policy, ".", seq));
 }
 
+std::vector<float> ParityExpectations::Bf16Error(const std::string& policy, int seq) const {
+  return ReadAll<float>(*file_, absl::StrCat("bf16_error.", policy, ".", seq));
+}
+
 std::vector<int32_t> ParityExpectations::Greedy(const std::string& policy, int seq) const {
   return ReadAll<int32_t>(*file_, absl::StrCat("greedy.", policy, ".", seq));
 }

@@ -40,6 +40,9 @@ class ParityExpectations {
   std::vector<float> Logits(const std::string& policy, int seq) const;
   std::vector<int32_t> Depths(const std::string& policy, int seq) const;
   std::vector<float> Scores(const std::string& policy, int seq) const;  // [n, Nr]
+  // [max, mean] |logits error| of the reference itself in bf16 (fixed
+  // policies).
+  std::vector<float> Bf16Error(const std::string& policy, int seq) const;
   // The reference's greedy continuation (empty where none was written).
   std::vector<int32_t> Greedy(const std::string& policy, int seq) const;
 

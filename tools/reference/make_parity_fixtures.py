@@ -18,6 +18,8 @@ policy p in ``adaptive``, ``fixed1`` .. ``fixed<Nr>``:
 * ``depths.{p}.{i}``    int32   [n]          recursion depth reached per token
 * ``scores.{p}.{i}``    float32 [n, Nr]      router scores, NaN = not evaluated
 * ``logits.hf.{i}``     float32 [n, vocab]   HF transformers logits (vanilla only)
+* ``bf16_error.{p}.{i}`` float32 [2]         [max, mean] |error| of the reference
+  in bf16 vs its fp32 logits (fixed policies)
 * ``greedy.{p}.{i}``    int32   [8]          reference greedy continuation
   (sequences 0 and 1, only where robust: see ``_add_greedy``)
 
@@ -178,6 +180,7 @@ def build_case(spec: dict, out_dir: str) -> dict:
             expected[f"depths.{p}.{i}"] = depths.to(torch.int32)
             expected[f"scores.{p}.{i}"] = scores.float().contiguous()
     greedy_written = _add_greedy(model, seqs, policies, expected)
+    _add_bf16_error(model_dir, seqs, policies, expected)
     if want_hf:
         _add_hf_logits(name, model_dir, seqs, expected)
     save_file(expected, os.path.join(case_dir, "expected.safetensors"),
@@ -217,6 +220,24 @@ def build_case(spec: dict, out_dir: str) -> dict:
         "greedy_new_tokens": GREEDY_NEW,
         "greedy_written": greedy_written,
     }
+
+
+def _add_bf16_error(model_dir, seqs, policies, expected) -> None:
+    """Add ``bf16_error.{p}.{i}``: [max, mean] |logits| error of the reference
+    itself run in bf16, against its fp32 logits (fixed-depth policies only:
+    bf16 may flip adaptive routing decisions). The engine's bf16 error is
+    judged against this: bf16 cannot be closer to fp32 than the reference's
+    own bf16 rounding allows, whatever the order of operations."""
+    model16 = load_model(model_dir, dtype=torch.bfloat16)
+    for i, (toks, _, _) in enumerate(seqs):
+        for p in policies:
+            if p == "adaptive" and not model16.cfg.is_vanilla:
+                continue
+            depth = None if p == "adaptive" else int(p[len("fixed"):])
+            logits16, _, _ = model16.forward(toks, depth)
+            err = (logits16.float() - expected[f"logits.{p}.{i}"]).abs()
+            expected[f"bf16_error.{p}.{i}"] = torch.tensor(
+                [float(err.max()), float(err.mean())], dtype=torch.float32)
 
 
 def _add_greedy(model, seqs, policies, expected) -> int:
