@@ -140,6 +140,9 @@ class ModelRunner {
   // Slots index [0, num_state_slots()). Invalid plans -> InvalidArgument
   // before any work; allocator failure as for Step.
   virtual int32_t num_state_slots() const { return 0; }
+  // False when Step runs every token through all recursions and masks the
+  // results (ModelRunnerOptions::depth_aware).
+  virtual bool depth_aware() const { return true; }
   virtual absl::StatusOr<DepthwiseStepResult> StepDepthwise(std::span<const DepthwiseGroup> groups,
                                                             KvBlockAllocator& allocator) {
     return absl::UnimplementedError("this runner has no depth-wise step");

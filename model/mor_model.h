@@ -45,6 +45,7 @@ class MorModel {
   absl::StatusOr<DepthwiseStepResult> ForwardDepthwise(std::span<const DepthwiseGroup> groups,
                                                        KvBlockAllocator& allocator);
   int32_t num_state_slots() const { return num_state_slots_; }
+  bool depth_aware() const { return depth_aware_; }
   // Token-choice depth assigned to a slot's token when it entered.
   int32_t slot_depth(int32_t slot) const { return slot_depth_[slot]; }
 

@@ -205,6 +205,7 @@ absl::StatusOr<StepResult> TorchModelRunner::Step(std::span<const SequenceChunk>
 namespace mor {
 
 int32_t TorchModelRunner::num_state_slots() const { return model_->num_state_slots(); }
+bool TorchModelRunner::depth_aware() const { return model_->depth_aware(); }
 
 absl::Status TorchModelRunner::ValidateDepthwise(std::span<const DepthwiseGroup> groups) const {
   const ModelConfig& config = model_->config();

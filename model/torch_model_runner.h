@@ -28,6 +28,7 @@ class TorchModelRunner : public ModelRunner {
   absl::StatusOr<StepResult> Step(std::span<const SequenceChunk> chunks,
                                   KvBlockAllocator& allocator) override;
   int32_t num_state_slots() const override;
+  bool depth_aware() const override;
   absl::StatusOr<DepthwiseStepResult> StepDepthwise(std::span<const DepthwiseGroup> groups,
                                                     KvBlockAllocator& allocator) override;
 

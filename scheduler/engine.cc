@@ -50,6 +50,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<ModelRunn
     return absl::InvalidArgumentError(
         "max_num_batched_tokens and max_num_seqs must be >= 1, max_queued_requests >= 0");
   }
+  if ((sc.mode == BatchingMode::kNoDepthAwareness) == runner->depth_aware()) {
+    return absl::InvalidArgumentError(
+        "batching mode no_depth_awareness needs a model runner created with depth_aware = "
+        "false, and the other modes one with depth_aware = true");
+  }
   if (sc.mode == BatchingMode::kContinuousDepthwise && runner->num_state_slots() < 1) {
     return absl::InvalidArgumentError(
         "continuous depth-wise batching needs model state slots (num_state_slots)");
@@ -92,7 +97,9 @@ void Engine::SetStepObserver(std::function<void(const EngineStepStats&)> observe
 
 absl::StatusOr<uint64_t> Engine::Submit(GenerationRequest request, GenerationSink* sink) {
   if (sink == nullptr) return absl::InvalidArgumentError("no sink");
-  // Immutable checks first (no lock needed): the request must fit alone.
+  // Immutable checks first (no lock needed): the request must be well formed
+  // and fit alone.
+  MOR_RETURN_IF_ERROR(core_->ValidateRequest(request));
   MOR_RETURN_IF_ERROR(core_->scheduler().CheckAdmissible(request));
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the engine is shutting down");

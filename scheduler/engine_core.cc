@@ -37,8 +37,7 @@ EngineCore::EngineCore(std::unique_ptr<ModelRunner> runner, std::unique_ptr<KvCa
       seed_source_(seed),
       flops_per_token_recursion_(FlopsPerTokenRecursion(runner_->config())) {}
 
-absl::Status EngineCore::Submit(uint64_t id, GenerationRequest request, GenerationSink* sink,
-                                absl::Time now) {
+absl::Status EngineCore::ValidateRequest(const GenerationRequest& request) const {
   const ModelConfig& config = runner_->config();
   if (request.prompt.empty()) return absl::InvalidArgumentError("prompt is empty");
   for (int32_t token : request.prompt) {
@@ -52,7 +51,12 @@ absl::Status EngineCore::Submit(uint64_t id, GenerationRequest request, Generati
         absl::StrCat("depth ", request.policy.fixed_depth, " outside 1..", config.num_recursions));
   }
   if (request.max_tokens < 1) return absl::InvalidArgumentError("max_tokens must be >= 1");
-  if (absl::Status s = request.sampling.Validate(config.vocab_size); !s.ok()) return s;
+  return request.sampling.Validate(config.vocab_size);
+}
+
+absl::Status EngineCore::Submit(uint64_t id, GenerationRequest request, GenerationSink* sink,
+                                absl::Time now) {
+  if (absl::Status s = ValidateRequest(request); !s.ok()) return s;
   auto seq = std::make_unique<SequenceState>();
   seq->id = id;
   seq->sink = sink;

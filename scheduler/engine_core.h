@@ -53,6 +53,9 @@ class EngineCore {
   EngineCore(std::unique_ptr<ModelRunner> runner, std::unique_ptr<KvCacheManager> kv,
              SchedulerConfig config, uint64_t seed = 0);
 
+  // Checks `request` against the model (prompt ids, depth, max_tokens,
+  // sampling parameters). Reads only immutable state: any thread may call it.
+  absl::Status ValidateRequest(const GenerationRequest& request) const;
   // Validates and queues a request (errors leave the sink untouched).
   absl::Status Submit(uint64_t id, GenerationRequest request, GenerationSink* sink, absl::Time now);
   // Ends request `id` now with `reason` (its blocks freed at once). Returns

@@ -109,11 +109,14 @@ absl::Status Scheduler::CheckAdmissible(const GenerationRequest& request) const 
     levels = std::min(levels, request.policy.fixed_depth);
   }
   const BlockDemand alone = kv_->WorstCaseDemand(SequenceKv{}, total, levels);
-  const KvUsage usage = kv_->Usage();
-  if (alone.depth_blocks > usage.depth.capacity || alone.unique_blocks > usage.unique.capacity) {
+  // Pool capacities only (fixed at construction): Usage() would read the
+  // engine thread's free lists, and this runs on client threads.
+  const int64_t depth_capacity = kv_->block_pool(KvPool::kDepth).capacity();
+  const int64_t unique_capacity = kv_->block_pool(KvPool::kUnique).capacity();
+  if (alone.depth_blocks > depth_capacity || alone.unique_blocks > unique_capacity) {
     return absl::ResourceExhaustedError(
         absl::StrCat("request needs up to ", alone.depth_blocks, " KV blocks for ", total,
-                     " tokens, more than the whole KV cache holds (", usage.depth.capacity,
+                     " tokens, more than the whole KV cache holds (", depth_capacity,
                      "); raise the KV memory budget or lower max_tokens"));
   }
   return absl::OkStatus();
@@ -295,24 +298,34 @@ StepPlan Scheduler::ScheduleDepthwise(absl::Time now) {
     const BlockDemand demand = DemandFor(*seq, n);
     bool self_preempted = false;
     while (!kv_->CanAllocate(reserved + demand)) {
-      // Victims: running sequences with nothing in flight (the in-flight
-      // ones are already part of this step), latest admitted first.
-      SequenceState* victim = nullptr;
-      for (SequenceState* other : running_) {
-        if (other->group) continue;
-        if (victim == nullptr ||
-            (config_.priority_scheduling && other->request.priority < victim->request.priority) ||
-            ((!config_.priority_scheduling ||
-              other->request.priority == victim->request.priority) &&
-             other->admit_order > victim->admit_order)) {
-          victim = other;
-        }
-      }
-      if (victim == nullptr) victim = seq;
+      // Victim: the lowest priority / latest admitted running request, as
+      // in depth-grouped mode (possibly `seq` itself). A victim already in
+      // this step's plan (in flight, or entered above) leaves the plan and
+      // gives its rows and reserved blocks back.
+      SequenceState* victim = PickVictim();
+      const bool planned = victim->group.has_value();
       Preempt(victim, plan);
       if (victim == seq) {
         self_preempted = true;
         break;
+      }
+      if (planned) {
+        std::erase_if(plan.groups, [&](const ScheduledGroup& g) { return g.seq == victim; });
+        budget = config_.max_num_batched_tokens;
+        reserved = BlockDemand{};
+        plan.scheduled_tokens = 0;
+        for (const ScheduledGroup& g : plan.groups) {
+          const InFlightGroup& group = *g.seq->group;
+          if (g.enter) {
+            const int32_t entering = static_cast<int32_t>(group.slots.size());
+            budget -= entering;
+            plan.scheduled_tokens += entering;
+            reserved = reserved + DemandFor(*g.seq, entering);
+          } else {
+            budget -= std::count(group.active.begin(), group.active.end(), 1);
+            reserved = reserved + InFlightDemand(*g.seq);
+          }
+        }
       }
     }
     if (self_preempted) continue;
