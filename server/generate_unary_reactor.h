@@ -6,8 +6,8 @@
 #include "grpcpp/grpcpp.h"
 #include "proto/mor/v1/mor.pb.h"
 #include "scheduler/engine.h"
-#include "server/engine_request_handle.h"
 #include "scheduler/generation_sink.h"
+#include "server/engine_request_handle.h"
 #include "server/response_conversion.h"
 
 namespace mor {

@@ -14,6 +14,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "model/kv_cache_types.h"
@@ -64,6 +65,12 @@ ABSL_FLAG(int32_t, state_slots, 4096,
 ABSL_FLAG(int32_t, max_tokens_cap, 4096,
           "Largest StoppingCriteria.max_tokens a request may ask for (also the default when "
           "a request sets none, bounded by the model's context).");
+ABSL_FLAG(std::string, default_recursion, "adaptive",
+          "Recursion policy of requests that set none: adaptive (the router decides per "
+          "token) or a fixed depth 1..Nr.");
+ABSL_FLAG(absl::Duration, max_request_duration, absl::InfiniteDuration(),
+          "Longest a request may run (e.g. 120s); a client deadline further away is "
+          "shortened to it. The request then ends with DEADLINE_EXCEEDED.");
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads for the model; 0 = all cores.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "On SIGINT/SIGTERM, how long in-flight calls may run before they are cancelled.");
@@ -145,6 +152,20 @@ int main(int argc, char** argv) {
   mor::MorServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen_address);
   options.limits.max_tokens_cap = absl::GetFlag(FLAGS_max_tokens_cap);
+  options.limits.max_request_duration = absl::GetFlag(FLAGS_max_request_duration);
+  if (options.limits.max_request_duration <= absl::ZeroDuration()) {
+    return Fail("--max_request_duration must be positive");
+  }
+  const std::string default_recursion = absl::GetFlag(FLAGS_default_recursion);
+  if (default_recursion != "adaptive") {
+    int depth = 0;
+    if (!absl::SimpleAtoi(default_recursion, &depth) || depth < 1 ||
+        depth > config.num_recursions) {
+      return Fail(absl::StrCat("--default_recursion must be adaptive or 1..", config.num_recursions,
+                               " (got ", default_recursion, ")"));
+    }
+    options.limits.default_policy = mor::DepthPolicy::Fixed(depth);
+  }
   auto server = mor::MorServer::Start(std::move(*engine), options);
   if (!server.ok()) return Fail(server.status().ToString());
   std::fprintf(stderr, "mor_server: loaded %s (%s) in %.1fs; listening on %s\n",

@@ -34,6 +34,8 @@ absl::StatusOr<GenerationRequest> MorServiceImpl::Prepare(
     if (deadline != std::chrono::system_clock::time_point::max()) {
       parsed->deadline = absl::FromChrono(deadline);
     }
+    // The server's cap applies even when the client set no deadline.
+    parsed->deadline = std::min(parsed->deadline, absl::Now() + limits_.max_request_duration);
   }
   return parsed;
 }

@@ -42,7 +42,8 @@ absl::StatusOr<std::vector<int32_t>> ParsePrompt(const v1::GenerateRequest& requ
 }
 
 absl::StatusOr<DepthPolicy> ParsePolicy(const v1::RecursionPolicy& policy,
-                                        const ModelConfig& config) {
+                                        const ModelConfig& config, DepthPolicy default_policy) {
+  if (policy.policy_case() == v1::RecursionPolicy::POLICY_NOT_SET) return default_policy;
   if (policy.policy_case() != v1::RecursionPolicy::kFixedDepth) return DepthPolicy::Adaptive();
   const uint32_t depth = policy.fixed_depth();
   if (depth < 1 || depth > static_cast<uint32_t>(config.num_recursions)) {
@@ -122,7 +123,7 @@ absl::StatusOr<GenerationRequest> ParseGenerateRequest(const v1::GenerateRequest
   }
   out.request_id = request.request_id().empty() ? request_id : request.request_id();
   MOR_ASSIGN_OR_RETURN(out.prompt, ParsePrompt(request, config));
-  MOR_ASSIGN_OR_RETURN(out.policy, ParsePolicy(request.recursion(), config));
+  MOR_ASSIGN_OR_RETURN(out.policy, ParsePolicy(request.recursion(), config, limits.default_policy));
   MOR_ASSIGN_OR_RETURN(out.sampling, ParseSampling(request, config));
 
   const v1::StoppingCriteria& stopping = request.stopping();

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "model/model_config.h"
 #include "proto/mor/v1/mor.pb.h"
 #include "scheduler/generation_types.h"
@@ -16,6 +17,10 @@ namespace mor {
 struct RequestLimits {
   int32_t max_tokens_cap = 4096;  // largest StoppingCriteria.max_tokens
   size_t max_request_id_length = 256;
+  // Used when a request sets no RecursionPolicy.
+  DepthPolicy default_policy = DepthPolicy::Adaptive();
+  // Longest a request may run; a client deadline further away is shortened.
+  absl::Duration max_request_duration = absl::InfiniteDuration();
 };
 
 // Checks every field against the model and `limits`. Errors name the field and

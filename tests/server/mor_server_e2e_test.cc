@@ -55,7 +55,11 @@ class MorServerE2eTest : public ::testing::Test {
     delete model_dir_;
   }
 
-  void SetUp() override {
+  void SetUp() override { StartServer(EngineOptions{}); }
+
+  void StartServer(EngineOptions engine_options) {
+    if (server_ != nullptr) server_->Shutdown(absl::Seconds(1));
+    server_.reset();
     ModelRunnerOptions options;
     options.model_dir = *model_dir_;
     options.block_size = 4;
@@ -63,7 +67,7 @@ class MorServerE2eTest : public ::testing::Test {
     options.num_threads = 1;
     auto runner = CreateTorchModelRunner(options);
     ASSERT_TRUE(runner.ok()) << runner.status();
-    auto engine = Engine::Create(std::move(*runner));
+    auto engine = Engine::Create(std::move(*runner), engine_options);
     ASSERT_TRUE(engine.ok()) << engine.status();
     MorServerOptions server_options;
     server_options.listen_address = "127.0.0.1:0";
@@ -430,6 +434,75 @@ TEST_F(MorServerE2eTest, ShutdownEndsInFlightStreams) {
     EXPECT_THAT(result.status.error_code(), ::testing::AnyOf(grpc::CANCELLED, grpc::UNAVAILABLE));
   }
   EXPECT_LT(result.tokens.size(), 500u);
+}
+
+// 64 concurrent streams with mixed depth policies: each gets exactly the
+// greedy tokens it gets when run alone.
+TEST_F(MorServerE2eTest, ConcurrentMixedDepthStreamsMatchOneAtATime) {
+  constexpr int kStreams = 64;
+  std::vector<v1::GenerateRequest> requests;
+  for (int i = 0; i < kStreams; ++i) {
+    std::vector<uint32_t> prompt;
+    for (int t = 0; t <= i % 9; ++t) prompt.push_back(static_cast<uint32_t>((i * 7 + t * 3) % 60));
+    v1::GenerateRequest request = Request(prompt, 4 + i % 5);
+    if (i % 4 != 0) request.mutable_recursion()->set_fixed_depth(i % 4);
+    requests.push_back(request);
+  }
+  std::vector<std::vector<uint32_t>> alone;
+  for (const v1::GenerateRequest& request : requests) {
+    StreamResult result = Stream(request);
+    ASSERT_TRUE(result.status.ok()) << result.status.error_message();
+    alone.push_back(result.tokens);
+  }
+  std::vector<StreamResult> together(kStreams);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] { together[i] = Stream(requests[i]); });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_TRUE(together[i].status.ok()) << i << ": " << together[i].status.error_message();
+    EXPECT_EQ(together[i].tokens, alone[i]) << "stream " << i;
+    if (requests[i].recursion().has_fixed_depth()) {
+      const auto& steps = together[i].final.usage().token_steps_per_depth();
+      for (int r = requests[i].recursion().fixed_depth(); r < steps.size(); ++r) {
+        EXPECT_EQ(steps[r], 0u) << "stream " << i << " depth " << r + 1;
+      }
+    }
+  }
+  EXPECT_TRUE(WaitForAllBlocksFree());
+}
+
+// A full waiting queue turns new requests away with RESOURCE_EXHAUSTED.
+TEST_F(MorServerE2eTest, QueueFullIsResourceExhausted) {
+  EngineOptions options;
+  options.scheduler.max_num_seqs = 1;
+  options.scheduler.max_queued_requests = 2;
+  StartServer(options);
+  // One long request runs; two more wait; the next one finds the queue full.
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>>> readers;
+  for (int i = 0; i < 3; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    SetDeadline(contexts.back().get());
+    readers.push_back(stub_->Generate(contexts.back().get(), Request({1, 2, 3}, kMaxTokensCap)));
+    v1::GenerateResponse first;
+    if (i == 0) ASSERT_TRUE(readers.back()->Read(&first));  // the first one is running
+  }
+  grpc::Status status;
+  for (int attempt = 0; attempt < 100; ++attempt) {  // the two queued ones may still be in flight
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    v1::GenerateUnaryResponse response;
+    status = stub_->GenerateUnary(&context, Request({4, 5}, 2), &response);
+    if (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) break;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("max_queued_requests"));
+  for (auto& context : contexts) context->TryCancel();
+  for (auto& reader : readers) reader->Finish();
+  EXPECT_TRUE(WaitForAllBlocksFree());
 }
 
 }  // namespace
