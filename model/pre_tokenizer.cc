@@ -4,7 +4,6 @@
 #include <utility>
 
 #include "absl/status/status.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "model/status_macros.h"
 #include "model/utf8.h"
@@ -127,22 +126,22 @@ absl::StatusOr<std::string> Translate(std::string_view p) {
     }
     if (c == '(') {
       std::string_view rest = p.substr(i + 1);
-      if (absl::StartsWith(rest, "?i:")) {
+      if (rest.starts_with("?i:")) {
         ci_stack.push_back(true);
         out.append("(?:");
         i += 4;
-      } else if (absl::StartsWith(rest, "?:")) {
+      } else if (rest.starts_with("?:")) {
         ci_stack.push_back(ci);
         out.append("(?:");
         i += 3;
-      } else if (absl::StartsWith(rest, "?<") && rest.size() > 2 && rest[2] != '=' &&
+      } else if (rest.starts_with("?<") && rest.size() > 2 && rest[2] != '=' &&
                  rest[2] != '!') {  // named group: (?<name>...)
         const size_t close = p.find('>', i);
         if (close == std::string_view::npos) return Unsupported(p, "an unterminated group name");
         ci_stack.push_back(ci);
         out.append("(?:");
         i = close + 1;
-      } else if (absl::StartsWith(rest, "?")) {
+      } else if (rest.starts_with("?")) {
         return Unsupported(p, absl::StrCat("the group '(", std::string(rest.substr(0, 3)),
                                            "' (lookaround, atomic group or inline flags)"));
       } else {
@@ -172,6 +171,9 @@ absl::StatusOr<std::string> Translate(std::string_view p) {
     }
     if ((c == '*' || c == '+' || c == '?' || c == '}') && i + 1 < p.size() && p[i + 1] == '+') {
       return Unsupported(p, "a possessive quantifier");
+    }
+    if (c == '^' || c == '$') {  // line anchors in Oniguruma, text anchors in RE2
+      return Unsupported(p, "the anchor ^ or $");
     }
     out.push_back(c);
     ++i;
@@ -205,11 +207,10 @@ absl::StatusOr<std::string> TranslateOnigPattern(std::string_view pattern,
     *whitespace_lookahead = true;
     return absl::StrCat("[", std::string(kSpaceBody), "]+");
   }
-  if (absl::EndsWith(pattern, absl::StrCat("|", std::string(kLookaheadSuffix)))) {
+  if (pattern.ends_with(absl::StrCat("|", std::string(kLookaheadSuffix)))) {
     *whitespace_lookahead = true;
-    MOR_ASSIGN_OR_RETURN(
-        std::string prefix,
-        Translate(pattern.substr(0, pattern.size() - kLookaheadSuffix.size() - 1)));
+    MOR_ASSIGN_OR_RETURN(std::string prefix, Translate(pattern.substr(
+                                                 0, pattern.size() - kLookaheadSuffix.size() - 1)));
     return absl::StrCat(prefix, "|[", std::string(kSpaceBody), "]+");
   }
   return Translate(pattern);
@@ -249,9 +250,8 @@ size_t OnigRegex::ApplyLookahead(std::string_view text, size_t begin, size_t end
   }
   if (last == begin) return end;  // one character: the plain \s+ branch
   // An earlier alternative (e.g. Llama 3's \s*[\r\n]+) matched: keep it.
-  if (prefix_re_ != nullptr &&
-      prefix_re_->Match(re2::StringPiece(text.data(), text.size()), begin, text.size(),
-                        re2::RE2::ANCHOR_START, nullptr, 0)) {
+  if (prefix_re_ != nullptr && prefix_re_->Match(re2::StringPiece(text.data(), text.size()), begin,
+                                                 text.size(), re2::RE2::ANCHOR_START, nullptr, 0)) {
     return end;
   }
   return last;
@@ -302,19 +302,23 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizer::Create(
         stage.behavior = step.behavior;
         break;
       }
-      case PreTokenizerStep::Kind::kDigits:
+      case PreTokenizerStep::Kind::kDigits: {
         // Rust's char::is_numeric is \p{N} (up to Unicode version differences).
         MOR_ASSIGN_OR_RETURN(stage.regex,
                              OnigRegex::Create(step.individual_digits ? R"(\p{N})" : R"(\p{N}+)"));
         break;
-      case PreTokenizerStep::Kind::kByteLevel:
+      }
+      case PreTokenizerStep::Kind::kByteLevel: {
         if (i + 1 != steps.size()) {
           return absl::UnimplementedError(
               "the ByteLevel pre-tokenizer must be the last step of the pre-tokenizer Sequence");
         }
-        if (step.use_regex) MOR_ASSIGN_OR_RETURN(stage.regex, OnigRegex::Create(kGpt2Pattern));
+        if (step.use_regex) {
+          MOR_ASSIGN_OR_RETURN(stage.regex, OnigRegex::Create(kGpt2Pattern));
+        }
         stage.add_prefix_space = step.add_prefix_space;
         break;
+      }
     }
     pre->stages_.push_back(std::move(stage));
   }

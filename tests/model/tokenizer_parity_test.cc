@@ -71,8 +71,8 @@ TEST_P(TokenizerParityTest, VocabAndSpecialTokens) {
   auto optional_id = [](const json& j) -> std::optional<int32_t> {
     return j.is_null() ? std::nullopt : std::optional<int32_t>(j.get<int32_t>());
   };
-  if (!expected_["bos"].is_null()) EXPECT_EQ(tokenizer_->bos_token_id(), optional_id(expected_["bos"]));
-  if (!expected_["eos"].is_null()) EXPECT_EQ(tokenizer_->eos_token_id(), optional_id(expected_["eos"]));
+  EXPECT_EQ(tokenizer_->bos_token_id(), optional_id(expected_["bos"]));
+  EXPECT_EQ(tokenizer_->eos_token_id(), optional_id(expected_["eos"]));
 }
 
 TEST_P(TokenizerParityTest, EncodeMatchesHf) {
@@ -126,7 +126,7 @@ TEST_P(TokenizerParityTest, StreamingMatchesHfDecode) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Styles, TokenizerParityTest,
-                         ::testing::Values("gpt2", "llama3", "smollm", "options"),
+                         ::testing::Values("gpt2", "llama3", "smollm", "options", "splits"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param;
                          });
