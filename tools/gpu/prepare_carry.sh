@@ -27,6 +27,7 @@ ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../.." && pwd)"
 OUT="$(readlink -m "${1:-$ROOT/third_party_carry}")"
 PACKAGES=(
   libabsl-dev libabsl20220623
+  libre2-dev libre2-9
   libgtest-dev libgmock-dev googletest
   libbenchmark-dev libbenchmark1debian
   nlohmann-json3-dev
