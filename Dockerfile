@@ -64,4 +64,4 @@ EXPOSE 50051 9400
 # Mount a model directory (docs/model-format.md) at /models/default. The image is meant for
 # `docker run --gpus ...`; without a GPU, override with --device cpu.
 CMD ["/opt/mor/build/release/server/mor_server", "--listen_address", "0.0.0.0:50051", \
-     "--model_dir", "/models/default", "--device", "cuda"]
+     "--metrics_address", "0.0.0.0:9400", "--model_dir", "/models/default", "--device", "cuda"]

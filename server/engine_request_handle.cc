@@ -2,11 +2,23 @@
 
 #include <utility>
 
+#include "server/request_metrics_sink.h"
+
 namespace mor {
 
 absl::Status EngineRequestHandle::Submit(GenerationRequest request, GenerationSink* sink) {
+  const DepthPolicy policy = request.policy;
+  RequestMetricsSink* metered = nullptr;
+  if (metrics_ != nullptr) {
+    metered = new RequestMetricsSink(metrics_, sink, policy.adaptive());
+    sink = metered;
+  }
   absl::StatusOr<uint64_t> id = engine_->Submit(std::move(request), sink);
-  if (!id.ok()) return id.status();
+  if (!id.ok()) {
+    delete metered;  // the engine never saw it
+    return id.status();
+  }
+  if (metrics_ != nullptr) metrics_->RequestAccepted(policy);
   bool cancelled = false;
   {
     absl::MutexLock lock(&mu_);
@@ -25,6 +37,10 @@ void EngineRequestHandle::Cancel() {
     id = id_;
   }
   if (id != 0) engine_->Abort(id);
+}
+
+void EngineRequestHandle::Reject(const absl::Status& status) {
+  if (metrics_ != nullptr && !status.ok()) metrics_->RequestRejected(status);
 }
 
 }  // namespace mor

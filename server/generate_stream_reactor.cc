@@ -8,8 +8,8 @@ namespace mor {
 
 GenerateStreamReactor::GenerateStreamReactor(Engine* engine,
                                              absl::StatusOr<GenerationRequest> request,
-                                             OutputOptions options)
-    : options_(options), handle_(engine) {
+                                             OutputOptions options, ServingMetrics* metrics)
+    : options_(options), handle_(engine, metrics) {
   absl::Status status = request.status();
   if (status.ok()) {
     {
@@ -20,7 +20,10 @@ GenerateStreamReactor::GenerateStreamReactor(Engine* engine,
     // delete it) before this constructor returns, even if the engine finishes.
     status = handle_.Submit(*std::move(request), this);
   }
-  if (!status.ok()) Finish(ToGrpcStatus(status));
+  if (!status.ok()) {
+    handle_.Reject(status);
+    Finish(ToGrpcStatus(status));
+  }
 }
 
 void GenerateStreamReactor::OnTokens(absl::Span<const GeneratedToken> tokens) {

@@ -11,6 +11,7 @@
 #include "scheduler/generation_sink.h"
 #include "server/engine_request_handle.h"
 #include "server/response_conversion.h"
+#include "server/serving_metrics.h"
 
 namespace mor {
 
@@ -26,8 +27,9 @@ class GenerateStreamReactor final : public grpc::ServerWriteReactor<v1::Generate
  public:
   // Create with `new` inside the method handler (which returns it). Submits
   // `request` to `engine`, or finishes at once with its (or Submit's) error.
+  // `metrics` (may be null) records the call.
   GenerateStreamReactor(Engine* engine, absl::StatusOr<GenerationRequest> request,
-                        OutputOptions options);
+                        OutputOptions options, ServingMetrics* metrics = nullptr);
 
   // GenerationSink (engine thread).
   void OnTokens(absl::Span<const GeneratedToken> tokens) override;

@@ -9,15 +9,19 @@ namespace mor {
 GenerateUnaryReactor::GenerateUnaryReactor(Engine* engine,
                                            absl::StatusOr<GenerationRequest> request,
                                            OutputOptions options,
-                                           v1::GenerateUnaryResponse* response)
-    : options_(options), response_(response), handle_(engine) {
+                                           v1::GenerateUnaryResponse* response,
+                                           ServingMetrics* metrics)
+    : options_(options), response_(response), handle_(engine, metrics) {
   absl::Status status = request.status();
   if (status.ok()) {
     response_->set_request_id(request->request_id);
     // Not yet bound to the call: OnDone cannot run before this returns.
     status = handle_.Submit(*std::move(request), this);
   }
-  if (!status.ok()) Finish(ToGrpcStatus(status));
+  if (!status.ok()) {
+    handle_.Reject(status);
+    Finish(ToGrpcStatus(status));
+  }
 }
 
 void GenerateUnaryReactor::OnTokens(absl::Span<const GeneratedToken> tokens) {

@@ -9,6 +9,7 @@
 #include "scheduler/generation_sink.h"
 #include "server/engine_request_handle.h"
 #include "server/response_conversion.h"
+#include "server/serving_metrics.h"
 
 namespace mor {
 
@@ -18,8 +19,10 @@ namespace mor {
 class GenerateUnaryReactor final : public grpc::ServerUnaryReactor, public GenerationSink {
  public:
   // Create with `new` inside the method handler. `response` is the call's.
+  // `metrics` (may be null) records the call.
   GenerateUnaryReactor(Engine* engine, absl::StatusOr<GenerationRequest> request,
-                       OutputOptions options, v1::GenerateUnaryResponse* response);
+                       OutputOptions options, v1::GenerateUnaryResponse* response,
+                       ServingMetrics* metrics = nullptr);
 
   // GenerationSink (engine thread; the response is only touched there until
   // Finish).

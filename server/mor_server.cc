@@ -20,14 +20,29 @@ std::string HostOf(const std::string& address) {
 }  // namespace
 
 MorServer::MorServer(std::unique_ptr<Engine> engine, const MorServerOptions& options)
-    : engine_(std::move(engine)),
-      service_(std::make_unique<MorServiceImpl>(engine_.get(), options.limits)),
-      host_(HostOf(options.listen_address)) {}
+    : engine_(std::move(engine)), host_(HostOf(options.listen_address)) {
+  if (!options.metrics_address.empty()) {
+    metrics_ = std::make_shared<ServingMetrics>(*engine_, options.metrics);
+    ServingMetrics* metrics = metrics_.get();
+    engine_->SetStepObserver(
+        [metrics](const EngineStepStats& stats) { metrics->ObserveStep(stats); });
+  }
+  service_ = std::make_unique<MorServiceImpl>(engine_.get(), options.limits, metrics_.get());
+}
 
 absl::StatusOr<std::unique_ptr<MorServer>> MorServer::Start(std::unique_ptr<Engine> engine,
                                                             const MorServerOptions& options) {
   if (engine == nullptr) return absl::InvalidArgumentError("MorServer needs an engine");
   std::unique_ptr<MorServer> server(new MorServer(std::move(engine), options));
+  if (server->metrics_ != nullptr) {
+    auto exposer = metrics::Exposer::Create(options.metrics_address);
+    if (!exposer.ok()) {
+      server->engine_->Stop();
+      return exposer.status();
+    }
+    server->exposer_ = std::move(*exposer);
+    server->exposer_->RegisterCollectable(server->metrics_);
+  }
   // Both are process-wide switches read when a server is built.
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -53,7 +68,10 @@ absl::StatusOr<std::unique_ptr<MorServer>> MorServer::Start(std::unique_ptr<Engi
   return server;
 }
 
-MorServer::~MorServer() { Shutdown(absl::ZeroDuration()); }
+MorServer::~MorServer() {
+  Shutdown(absl::ZeroDuration());
+  exposer_.reset();  // before the engine goes: scrapes ask it whether it is idle
+}
 
 std::string MorServer::address() const { return absl::StrCat(host_, ":", port_); }
 

@@ -11,8 +11,10 @@
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "scheduler/engine.h"
+#include "server/metrics/exposer.h"
 #include "server/mor_service_impl.h"
 #include "server/request_validation.h"
+#include "server/serving_metrics.h"
 
 namespace mor {
 
@@ -20,16 +22,21 @@ struct MorServerOptions {
   // host:port; port 0 picks a free port (see MorServer::port()).
   std::string listen_address = "127.0.0.1:50051";
   RequestLimits limits;
+  // host:port of the Prometheus /metrics endpoint (port 0 picks a free port,
+  // see MorServer::metrics_port()); empty: no metrics.
+  std::string metrics_address;
+  ServingMetricsOptions metrics;
 };
 
 // Owns the engine and the gRPC server. Thread-safe.
 class MorServer {
  public:
-  // Starts serving `engine` (health SERVING). Fails when the address cannot be
-  // bound.
+  // Starts serving `engine` (health SERVING), and /metrics when
+  // options.metrics_address is set. Fails when an address cannot be bound.
   static absl::StatusOr<std::unique_ptr<MorServer>> Start(std::unique_ptr<Engine> engine,
                                                           const MorServerOptions& options);
-  // Shutdown(absl::ZeroDuration()) unless already shut down.
+  // Shutdown(absl::ZeroDuration()) unless already shut down, then stops the
+  // metrics endpoint (about 2 s, see metrics::Exposer).
   ~MorServer();
   MorServer(const MorServer&) = delete;
   MorServer& operator=(const MorServer&) = delete;
@@ -39,6 +46,10 @@ class MorServer {
   // "127.0.0.1:<port>"-style address clients can dial.
   std::string address() const;
   Engine& engine() { return *engine_; }
+  // The /metrics port, 0 without metrics.
+  int metrics_port() const { return exposer_ == nullptr ? 0 : exposer_->port(); }
+  // Null without metrics.
+  ServingMetrics* metrics() { return metrics_.get(); }
 
   // Graceful stop: health NOT_SERVING, no new calls, in-flight calls get
   // `grace` to finish and are then cancelled (their engine requests abort),
@@ -48,6 +59,10 @@ class MorServer {
  private:
   MorServer(std::unique_ptr<Engine> engine, const MorServerOptions& options);
 
+  // Before engine_, so that metrics_ outlives the engine thread that feeds it;
+  // the destructor stops exposer_ before engine_ goes (scrapes query it).
+  std::shared_ptr<ServingMetrics> metrics_;
+  std::unique_ptr<metrics::Exposer> exposer_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<MorServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;

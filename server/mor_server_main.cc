@@ -7,6 +7,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <utility>
@@ -27,6 +28,10 @@
 ABSL_FLAG(std::string, listen_address, "127.0.0.1:50051",
           "host:port to serve on (port 0 picks a free port). Use 0.0.0.0:<port> to accept "
           "connections from other machines.");
+ABSL_FLAG(
+    std::string, metrics_address, "127.0.0.1:9400",
+    "host:port (numeric host) of the Prometheus metrics endpoint GET /metrics (port 0 picks a "
+    "free port); empty disables metrics.");
 ABSL_FLAG(std::string, model_dir, "",
           "Model directory: config.json + model.safetensors (or shards with "
           "model.safetensors.index.json). Required.");
@@ -80,6 +85,13 @@ namespace {
 int Fail(const std::string& message) {
   std::fprintf(stderr, "mor_server: error: %s\n", message.c_str());
   return 1;
+}
+
+// The model folder's name ("models/default/" -> "default").
+std::string ModelName(const std::string& model_dir) {
+  std::filesystem::path path = std::filesystem::path(model_dir).lexically_normal();
+  if (!path.has_filename()) path = path.parent_path();
+  return path.filename().string();
 }
 
 }  // namespace
@@ -151,6 +163,8 @@ int main(int argc, char** argv) {
 
   mor::MorServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen_address);
+  options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  options.metrics.model_name = ModelName(model_options.model_dir);
   options.limits.max_tokens_cap = absl::GetFlag(FLAGS_max_tokens_cap);
   options.limits.max_request_duration = absl::GetFlag(FLAGS_max_request_duration);
   if (options.limits.max_request_duration <= absl::ZeroDuration()) {
@@ -171,6 +185,11 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "mor_server: loaded %s (%s) in %.1fs; listening on %s\n",
                model_options.model_dir.c_str(), model_line.c_str(),
                absl::ToDoubleSeconds(absl::Now() - load_start), (*server)->address().c_str());
+  if ((*server)->metrics_port() != 0) {
+    const std::string& address = options.metrics_address;
+    std::fprintf(stderr, "mor_server: metrics on http://%s:%d/metrics\n",
+                 address.substr(0, address.rfind(':')).c_str(), (*server)->metrics_port());
+  }
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);

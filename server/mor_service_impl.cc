@@ -22,8 +22,11 @@ OutputOptions OutputOptionsOf(const v1::GenerateRequest& request) {
 
 }  // namespace
 
-MorServiceImpl::MorServiceImpl(Engine* engine, RequestLimits limits)
-    : engine_(engine), limits_(limits), model_info_(MakeModelInfo(*engine, limits)) {}
+MorServiceImpl::MorServiceImpl(Engine* engine, RequestLimits limits, ServingMetrics* metrics)
+    : engine_(engine),
+      limits_(limits),
+      metrics_(metrics),
+      model_info_(MakeModelInfo(*engine, limits)) {}
 
 absl::StatusOr<GenerationRequest> MorServiceImpl::Prepare(
     const grpc::CallbackServerContext& context, const v1::GenerateRequest& request) {
@@ -42,14 +45,15 @@ absl::StatusOr<GenerationRequest> MorServiceImpl::Prepare(
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* MorServiceImpl::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  return new GenerateStreamReactor(engine_, Prepare(*context, *request), OutputOptionsOf(*request));
+  return new GenerateStreamReactor(engine_, Prepare(*context, *request), OutputOptionsOf(*request),
+                                   metrics_);
 }
 
 grpc::ServerUnaryReactor* MorServiceImpl::GenerateUnary(grpc::CallbackServerContext* context,
                                                         const v1::GenerateRequest* request,
                                                         v1::GenerateUnaryResponse* response) {
   return new GenerateUnaryReactor(engine_, Prepare(*context, *request), OutputOptionsOf(*request),
-                                  response);
+                                  response, metrics_);
 }
 
 grpc::ServerUnaryReactor* MorServiceImpl::Tokenize(grpc::CallbackServerContext* context,

@@ -11,14 +11,16 @@
 #include "proto/mor/v1/mor.grpc.pb.h"
 #include "scheduler/engine.h"
 #include "server/request_validation.h"
+#include "server/serving_metrics.h"
 
 namespace mor {
 
 // Thread-safe (gRPC calls the handlers from its own threads). `engine` must
-// outlive the service and keep running until the gRPC server has shut down.
+// outlive the service and keep running until the gRPC server has shut down;
+// so must `metrics` (null: no metrics), which records every Generate call.
 class MorServiceImpl final : public v1::MorService::CallbackService {
  public:
-  MorServiceImpl(Engine* engine, RequestLimits limits);
+  MorServiceImpl(Engine* engine, RequestLimits limits, ServingMetrics* metrics = nullptr);
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
@@ -40,6 +42,7 @@ class MorServiceImpl final : public v1::MorService::CallbackService {
 
   Engine* const engine_;
   const RequestLimits limits_;
+  ServingMetrics* const metrics_;
   const v1::ModelInfo model_info_;
   std::atomic<uint64_t> next_request_number_{1};
 };

@@ -31,7 +31,8 @@ def run(server_binary: str, work_dir: str) -> None:
     with open(log_path, "w") as log:
         server = subprocess.Popen(
             [server_binary, "--model_dir", model_dir, "--listen_address", "127.0.0.1:0",
-             "--kv_cache_bytes", str(64 << 20), "--threads", "1"],
+             "--kv_cache_bytes", str(64 << 20), "--threads", "1",
+             "--metrics_address", "127.0.0.1:0"],
             stdout=log, stderr=subprocess.STDOUT)
     try:
         port = None
