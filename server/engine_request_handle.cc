@@ -39,6 +39,15 @@ void EngineRequestHandle::Cancel() {
   if (id != 0) engine_->Abort(id);
 }
 
+void EngineRequestHandle::Stop(FinishReason reason) {
+  uint64_t id = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    id = id_;
+  }
+  if (id != 0) engine_->Abort(id, reason);
+}
+
 void EngineRequestHandle::Reject(const absl::Status& status) {
   if (metrics_ != nullptr && !status.ok()) metrics_->RequestRejected(status);
 }

@@ -28,6 +28,8 @@ class EngineRequestHandle {
   absl::Status Submit(GenerationRequest request, GenerationSink* sink);
   // Aborts the submitted request, or marks the handle so that Submit aborts it.
   void Cancel();
+  // Ends the submitted request with `reason` (e.g. a stop string matched).
+  void Stop(FinishReason reason);
   // Records that the call ends with `status` (not OK) without reaching the
   // engine: a validation error, or Submit's error.
   void Reject(const absl::Status& status);

@@ -10,6 +10,7 @@ GenerateStreamReactor::GenerateStreamReactor(Engine* engine,
                                              absl::StatusOr<GenerationRequest> request,
                                              OutputOptions options, ServingMetrics* metrics)
     : options_(options), handle_(engine, metrics) {
+  if (options_.tokenizer != nullptr) text_.emplace(options_.tokenizer, options_.stop_strings);
   absl::Status status = request.status();
   if (status.ok()) {
     {
@@ -27,13 +28,25 @@ GenerateStreamReactor::GenerateStreamReactor(Engine* engine,
 }
 
 void GenerateStreamReactor::OnTokens(absl::Span<const GeneratedToken> tokens) {
+  // Text first (engine thread only): a stop string ends the stream; tokens
+  // after it are dropped and the engine request is stopped.
+  if (text_ && text_->stopped()) return;
+  TextStream::Delta delta;
+  if (text_) {
+    std::vector<int32_t> ids;
+    for (const GeneratedToken& token : tokens) ids.push_back(token.token_id);
+    delta = text_->Push(ids);
+  }
   Next next;
   {
     absl::MutexLock lock(&mu_);
     if (write_failed_) return;
-    AppendTokens(tokens, options_, pending_chunk_.mutable_chunk());
+    v1::GenerateResponse::Chunk* chunk = pending_chunk_.mutable_chunk();
+    AppendTokens(tokens, options_, chunk);
+    chunk->mutable_text()->append(delta.text);
     next = NextLocked();
   }
+  if (delta.stopped) handle_.Stop(FinishReason::kStopString);
   Start(next);
 }
 
@@ -44,6 +57,11 @@ void GenerateStreamReactor::OnFinished(const GenerationResult& result) {
     finished_ = true;
     status_ = ToGrpcStatus(result.status);
     if (result.status.ok()) {
+      if (text_ && !text_->stopped()) {
+        // The held-back tail (a possible stop-string prefix that never completed).
+        const std::string rest = text_->Finish();
+        if (!rest.empty()) pending_chunk_.mutable_chunk()->mutable_text()->append(rest);
+      }
       v1::GenerateResponse::Final* final = final_.mutable_final();
       final->set_finish_reason(ToProto(result.reason));
       FillUsage(result.usage, final->mutable_usage());
@@ -73,7 +91,8 @@ GenerateStreamReactor::Next GenerateStreamReactor::NextLocked() {
   Next next;
   if (writing_ || finish_called_) return next;
   if (!write_failed_) {
-    if (pending_chunk_.has_chunk() && pending_chunk_.chunk().token_ids_size() > 0) {
+    if (pending_chunk_.has_chunk() &&
+        (pending_chunk_.chunk().token_ids_size() > 0 || !pending_chunk_.chunk().text().empty())) {
       in_flight_ = std::move(pending_chunk_);
       pending_chunk_.Clear();
       writing_ = true;

@@ -2,6 +2,8 @@
 #ifndef MOR_SERVER_GENERATE_STREAM_REACTOR_H_
 #define MOR_SERVER_GENERATE_STREAM_REACTOR_H_
 
+#include <optional>
+
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -12,6 +14,7 @@
 #include "server/engine_request_handle.h"
 #include "server/response_conversion.h"
 #include "server/serving_metrics.h"
+#include "server/text_stream.h"
 
 namespace mor {
 
@@ -53,6 +56,8 @@ class GenerateStreamReactor final : public grpc::ServerWriteReactor<v1::Generate
 
   const OutputOptions options_;
   EngineRequestHandle handle_;
+  // Text output (when the model has a tokenizer); engine thread only.
+  std::optional<TextStream> text_;
 
   absl::Mutex mu_;
   // The message being written: set under the lock with writing_, then read by

@@ -12,6 +12,7 @@ GenerateUnaryReactor::GenerateUnaryReactor(Engine* engine,
                                            v1::GenerateUnaryResponse* response,
                                            ServingMetrics* metrics)
     : options_(options), response_(response), handle_(engine, metrics) {
+  if (options_.tokenizer != nullptr) text_.emplace(options_.tokenizer, options_.stop_strings);
   absl::Status status = request.status();
   if (status.ok()) {
     response_->set_request_id(request->request_id);
@@ -25,11 +26,19 @@ GenerateUnaryReactor::GenerateUnaryReactor(Engine* engine,
 }
 
 void GenerateUnaryReactor::OnTokens(absl::Span<const GeneratedToken> tokens) {
+  if (text_ && text_->stopped()) return;  // tokens after a stop string are dropped
   AppendTokens(tokens, options_, response_);
+  if (!text_) return;
+  std::vector<int32_t> ids;
+  for (const GeneratedToken& token : tokens) ids.push_back(token.token_id);
+  const TextStream::Delta delta = text_->Push(ids);
+  response_->mutable_text()->append(delta.text);
+  if (delta.stopped) handle_.Stop(FinishReason::kStopString);
 }
 
 void GenerateUnaryReactor::OnFinished(const GenerationResult& result) {
   if (result.status.ok()) {
+    if (text_ && !text_->stopped()) response_->mutable_text()->append(text_->Finish());
     response_->set_finish_reason(ToProto(result.reason));
     FillUsage(result.usage, response_->mutable_usage());
   }

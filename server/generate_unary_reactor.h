@@ -2,6 +2,8 @@
 #ifndef MOR_SERVER_GENERATE_UNARY_REACTOR_H_
 #define MOR_SERVER_GENERATE_UNARY_REACTOR_H_
 
+#include <optional>
+
 #include "absl/status/statusor.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/mor/v1/mor.pb.h"
@@ -10,6 +12,7 @@
 #include "server/engine_request_handle.h"
 #include "server/response_conversion.h"
 #include "server/serving_metrics.h"
+#include "server/text_stream.h"
 
 namespace mor {
 
@@ -37,6 +40,7 @@ class GenerateUnaryReactor final : public grpc::ServerUnaryReactor, public Gener
   const OutputOptions options_;
   v1::GenerateUnaryResponse* const response_;
   EngineRequestHandle handle_;
+  std::optional<TextStream> text_;  // engine thread only
 };
 
 }  // namespace mor

@@ -27,7 +27,8 @@ MorServer::MorServer(std::unique_ptr<Engine> engine, const MorServerOptions& opt
     engine_->SetStepObserver(
         [metrics](const EngineStepStats& stats) { metrics->ObserveStep(stats); });
   }
-  service_ = std::make_unique<MorServiceImpl>(engine_.get(), options.limits, metrics_.get());
+  service_ = std::make_unique<MorServiceImpl>(engine_.get(), options.limits, metrics_.get(),
+                                              options.tokenizer);
 }
 
 absl::StatusOr<std::unique_ptr<MorServer>> MorServer::Start(std::unique_ptr<Engine> engine,

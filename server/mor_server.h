@@ -26,6 +26,9 @@ struct MorServerOptions {
   // see MorServer::metrics_port()); empty: no metrics.
   std::string metrics_address;
   ServingMetricsOptions metrics;
+  // The model's tokenizer for text input/output, Tokenize and stop strings;
+  // null: token ids only.
+  std::shared_ptr<const Tokenizer> tokenizer;
 };
 
 // Owns the engine and the gRPC server. Thread-safe.

@@ -21,6 +21,7 @@
 #include "model/kv_cache_types.h"
 #include "model/model_config.h"
 #include "model/model_runner.h"
+#include "model/tokenizer.h"
 #include "scheduler/engine.h"
 #include "scheduler/kv_cache_manager.h"
 #include "server/mor_server.h"
@@ -35,6 +36,9 @@ ABSL_FLAG(
 ABSL_FLAG(std::string, model_dir, "",
           "Model directory: config.json + model.safetensors (or shards with "
           "model.safetensors.index.json). Required.");
+ABSL_FLAG(std::string, tokenizer, "",
+          "tokenizer.json for text prompts, streamed text, stop strings and Tokenize. Default: "
+          "<model_dir>/tokenizer.json when it exists; 'none' serves token ids only.");
 ABSL_FLAG(std::string, device, "cpu", "Where the model runs: cpu, cuda or cuda:N.");
 ABSL_FLAG(std::string, dtype, "float32",
           "Compute dtype: float32, bfloat16 or float16 (float16 on CUDA only).");
@@ -161,10 +165,29 @@ int main(int argc, char** argv) {
       (*engine)->kv_geometry().num_depth_blocks, " blocks of ", model_options.block_size,
       " tokens");
 
+  // The tokenizer, when the model has one (or --tokenizer names one).
+  std::shared_ptr<const mor::Tokenizer> tokenizer;
+  {
+    std::string path = absl::GetFlag(FLAGS_tokenizer);
+    const bool explicit_path = !path.empty() && path != "none";
+    if (path.empty()) path = model_options.model_dir + "/tokenizer.json";
+    if (path != "none" && (explicit_path || std::filesystem::exists(path))) {
+      auto loaded = mor::Tokenizer::FromFile(path);
+      if (!loaded.ok()) return Fail(loaded.status().ToString());
+      if ((*loaded)->id_limit() > config.vocab_size) {
+        return Fail(absl::StrCat(path, " has ", (*loaded)->id_limit(),
+                                 " token ids, more than the model's vocab_size ",
+                                 config.vocab_size));
+      }
+      tokenizer = std::move(*loaded);
+    }
+  }
+
   mor::MorServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen_address);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   options.metrics.model_name = ModelName(model_options.model_dir);
+  options.tokenizer = tokenizer;
   options.limits.max_tokens_cap = absl::GetFlag(FLAGS_max_tokens_cap);
   options.limits.max_request_duration = absl::GetFlag(FLAGS_max_request_duration);
   if (options.limits.max_request_duration <= absl::ZeroDuration()) {

@@ -5,9 +5,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "grpcpp/grpcpp.h"
+#include "model/tokenizer.h"
 #include "proto/mor/v1/mor.grpc.pb.h"
 #include "scheduler/engine.h"
 #include "server/request_validation.h"
@@ -20,7 +22,10 @@ namespace mor {
 // so must `metrics` (null: no metrics), which records every Generate call.
 class MorServiceImpl final : public v1::MorService::CallbackService {
  public:
-  MorServiceImpl(Engine* engine, RequestLimits limits, ServingMetrics* metrics = nullptr);
+  // `tokenizer` (may be null) enables text input and output, stop strings and
+  // Tokenize.
+  MorServiceImpl(Engine* engine, RequestLimits limits, ServingMetrics* metrics = nullptr,
+                 std::shared_ptr<const Tokenizer> tokenizer = nullptr);
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
@@ -43,6 +48,7 @@ class MorServiceImpl final : public v1::MorService::CallbackService {
   Engine* const engine_;
   const RequestLimits limits_;
   ServingMetrics* const metrics_;
+  const std::shared_ptr<const Tokenizer> tokenizer_;
   const v1::ModelInfo model_info_;
   std::atomic<uint64_t> next_request_number_{1};
 };

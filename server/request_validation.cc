@@ -16,14 +16,28 @@ std::string Num(float v) { return absl::StrCat(v); }
 absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
 
 absl::StatusOr<std::vector<int32_t>> ParsePrompt(const v1::GenerateRequest& request,
-                                                 const ModelConfig& config) {
+                                                 const ModelConfig& config,
+                                                 const Tokenizer* tokenizer) {
   switch (request.input_case()) {
     case v1::GenerateRequest::INPUT_NOT_SET:
       return Invalid("input is empty: set tokens.ids (or text)");
-    case v1::GenerateRequest::kText:
+    case v1::GenerateRequest::kText: {
       if (request.text().empty()) return Invalid("text is empty");
-      return absl::UnimplementedError(
-          "text input needs the tokenizer (not yet available); send token ids");
+      if (tokenizer == nullptr) {
+        return absl::FailedPreconditionError(
+            "text: this model has no tokenizer (tokenizer.json); send tokens.ids instead");
+      }
+      std::vector<int32_t> prompt = tokenizer->Encode(request.text(), /*add_special_tokens=*/true);
+      if (prompt.empty()) return Invalid("text encodes to no tokens");
+      for (int32_t id : prompt) {
+        if (id >= config.vocab_size) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "text: the tokenizer produced id ", id, ", outside the model's vocabulary of ",
+              config.vocab_size, " (tokenizer and model do not match)"));
+        }
+      }
+      return prompt;
+    }
     case v1::GenerateRequest::kTokens:
       break;
   }
@@ -108,7 +122,8 @@ absl::StatusOr<SamplingParams> ParseSampling(const v1::GenerateRequest& request,
 absl::StatusOr<GenerationRequest> ParseGenerateRequest(const v1::GenerateRequest& request,
                                                        const ModelConfig& config,
                                                        const RequestLimits& limits,
-                                                       const std::string& request_id) {
+                                                       const std::string& request_id,
+                                                       const Tokenizer* tokenizer) {
   GenerationRequest out;
   if (request.request_id().size() > limits.max_request_id_length) {
     return Invalid(
@@ -122,22 +137,35 @@ absl::StatusOr<GenerationRequest> ParseGenerateRequest(const v1::GenerateRequest
     }
   }
   out.request_id = request.request_id().empty() ? request_id : request.request_id();
-  MOR_ASSIGN_OR_RETURN(out.prompt, ParsePrompt(request, config));
+  MOR_ASSIGN_OR_RETURN(out.prompt, ParsePrompt(request, config, tokenizer));
   MOR_ASSIGN_OR_RETURN(out.policy, ParsePolicy(request.recursion(), config, limits.default_policy));
   MOR_ASSIGN_OR_RETURN(out.sampling, ParseSampling(request, config));
 
   const v1::StoppingCriteria& stopping = request.stopping();
   if (!stopping.stop().empty()) {
-    return absl::UnimplementedError(
-        "stopping.stop: stop strings need the tokenizer (not yet available); use "
-        "stopping.stop_token_ids");
+    if (tokenizer == nullptr) {
+      return absl::FailedPreconditionError(
+          "stopping.stop: this model has no tokenizer (tokenizer.json) to produce text; use "
+          "stopping.stop_token_ids");
+    }
+    if (static_cast<size_t>(stopping.stop_size()) > limits.max_stop_strings) {
+      return Invalid(absl::StrCat("stopping.stop has ", stopping.stop_size(), " strings; at most ",
+                                  limits.max_stop_strings));
+    }
+    for (int i = 0; i < stopping.stop_size(); ++i) {
+      const size_t size = stopping.stop(i).size();
+      if (size == 0 || size > limits.max_stop_string_bytes) {
+        return Invalid(absl::StrCat("stopping.stop[", i, "] must be 1..",
+                                    limits.max_stop_string_bytes, " bytes (got ", size, ")"));
+      }
+    }
   }
   const int64_t context = config.max_position_embeddings;
   const int64_t prompt_len = static_cast<int64_t>(out.prompt.size());
   if (prompt_len >= context) {
-    return Invalid(absl::StrCat("tokens.ids has ", prompt_len,
-                                " tokens, which leaves no room in the model's context of ", context,
-                                " tokens"));
+    return Invalid(absl::StrCat(
+        request.has_text() ? "text encodes to " : "tokens.ids has ", prompt_len,
+        " tokens, which leaves no room in the model's context of ", context, " tokens"));
   }
   int64_t max_tokens = 0;
   if (stopping.has_max_tokens()) {

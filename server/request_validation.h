@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "model/model_config.h"
+#include "model/tokenizer.h"
 #include "proto/mor/v1/mor.pb.h"
 #include "scheduler/generation_types.h"
 
@@ -17,6 +18,8 @@ namespace mor {
 struct RequestLimits {
   int32_t max_tokens_cap = 4096;  // largest StoppingCriteria.max_tokens
   size_t max_request_id_length = 256;
+  size_t max_stop_strings = 16;        // StoppingCriteria.stop entries
+  size_t max_stop_string_bytes = 256;  // each
   // Used when a request sets no RecursionPolicy.
   DepthPolicy default_policy = DepthPolicy::Adaptive();
   // Longest a request may run; a client deadline further away is shortened.
@@ -29,10 +32,13 @@ struct RequestLimits {
 // strings). request_id must be at most max_request_id_length printable ASCII
 // characters (it goes into the log); `request_id` is used when the request
 // carries none. The deadline is left for the caller to set.
+// `tokenizer` (may be null) encodes text prompts; without one, text input and
+// stop strings are FailedPrecondition.
 absl::StatusOr<GenerationRequest> ParseGenerateRequest(const v1::GenerateRequest& request,
                                                        const ModelConfig& config,
                                                        const RequestLimits& limits,
-                                                       const std::string& request_id);
+                                                       const std::string& request_id,
+                                                       const Tokenizer* tokenizer = nullptr);
 
 }  // namespace mor
 

@@ -2,7 +2,11 @@
 #ifndef MOR_SERVER_RESPONSE_CONVERSION_H_
 #define MOR_SERVER_RESPONSE_CONVERSION_H_
 
+#include <string>
+#include <vector>
+
 #include "absl/types/span.h"
+#include "model/tokenizer.h"
 #include "proto/mor/v1/mor.pb.h"
 #include "scheduler/engine.h"
 #include "scheduler/generation_types.h"
@@ -14,6 +18,9 @@ namespace mor {
 struct OutputOptions {
   bool return_depths = false;
   bool return_logprobs = false;  // GenerateRequest.top_logprobs > 0
+  // Text output: set when the model has a tokenizer (not owned).
+  const Tokenizer* tokenizer = nullptr;
+  std::vector<std::string> stop_strings;
 };
 
 v1::FinishReason ToProto(FinishReason reason);

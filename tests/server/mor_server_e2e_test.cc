@@ -245,7 +245,8 @@ TEST_F(MorServerE2eTest, InvalidRequestsNameTheField) {
       {"no input", [](auto& r) { r.clear_tokens(); }, grpc::INVALID_ARGUMENT, "input"},
       {"empty ids", [](auto& r) { r.mutable_tokens()->clear_ids(); }, grpc::INVALID_ARGUMENT,
        "tokens.ids"},
-      {"text", [](auto& r) { r.set_text("hello"); }, grpc::UNIMPLEMENTED, "tokenizer"},
+      {"text without a tokenizer", [](auto& r) { r.set_text("hello"); }, grpc::FAILED_PRECONDITION,
+       "tokenizer"},
       {"id outside vocab", [](auto& r) { r.mutable_tokens()->set_ids(1, 97); },
        grpc::INVALID_ARGUMENT, "tokens.ids[1]"},
       {"depth 0", [](auto& r) { r.mutable_recursion()->set_fixed_depth(0); },
@@ -272,8 +273,8 @@ TEST_F(MorServerE2eTest, InvalidRequestsNameTheField) {
        grpc::INVALID_ARGUMENT, "context"},
       {"stop token outside vocab", [](auto& r) { r.mutable_stopping()->add_stop_token_ids(500); },
        grpc::INVALID_ARGUMENT, "stopping.stop_token_ids[0]"},
-      {"stop strings", [](auto& r) { r.mutable_stopping()->add_stop("\n"); }, grpc::UNIMPLEMENTED,
-       "stopping.stop"},
+      {"stop strings without a tokenizer", [](auto& r) { r.mutable_stopping()->add_stop("\n"); },
+       grpc::FAILED_PRECONDITION, "stopping.stop"},
       {"too many logprobs", [](auto& r) { r.set_top_logprobs(21); }, grpc::INVALID_ARGUMENT,
        "top_logprobs"},
       {"request id with a newline", [](auto& r) { r.set_request_id("a\nb"); },
@@ -321,13 +322,13 @@ TEST_F(MorServerE2eTest, GetModelInfo) {
   EXPECT_EQ(info.max_tokens_cap(), static_cast<uint32_t>(kMaxTokensCap));
 }
 
-TEST_F(MorServerE2eTest, TokenizeIsUnimplementedForNow) {
+TEST_F(MorServerE2eTest, TokenizeWithoutATokenizerIsFailedPrecondition) {
   grpc::ClientContext context;
   SetDeadline(&context);
   v1::TokenizeRequest request;
   request.set_text("hi");
   v1::TokenizeResponse response;
-  EXPECT_EQ(stub_->Tokenize(&context, request, &response).error_code(), grpc::UNIMPLEMENTED);
+  EXPECT_EQ(stub_->Tokenize(&context, request, &response).error_code(), grpc::FAILED_PRECONDITION);
 }
 
 TEST_F(MorServerE2eTest, HealthIsServing) {
