@@ -18,6 +18,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
 #include "model/kv_cache_types.h"
 #include "model/model_config.h"
 #include "model/model_runner.h"
@@ -151,6 +153,29 @@ int main(int argc, char** argv) {
   engine_options.scheduler.static_batching = absl::GetFlag(FLAGS_static_batching);
   if (absl::GetFlag(FLAGS_max_tokens_cap) < 1) return Fail("--max_tokens_cap must be >= 1");
 
+  // While the model loads, the address already answers grpc.health.v1 with
+  // NOT_SERVING (so orchestrators see "starting", not "down"); the real server
+  // takes the same port once the model is ready.
+  std::string listen_address = absl::GetFlag(FLAGS_listen_address);
+  std::unique_ptr<grpc::Server> loading_server;
+  {
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::ServerBuilder builder;
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    int port = 0;
+    builder.AddListeningPort(listen_address, grpc::InsecureServerCredentials(), &port);
+    loading_server = builder.BuildAndStart();
+    if (loading_server == nullptr || port == 0) {
+      return Fail(absl::StrCat("cannot listen on ", listen_address));
+    }
+    listen_address = absl::StrCat(listen_address.substr(0, listen_address.rfind(':')), ":", port);
+    grpc::HealthCheckServiceInterface* health = loading_server->GetHealthCheckService();
+    health->SetServingStatus(false);
+    health->SetServingStatus("mor.v1.MorService", false);
+    std::fprintf(stderr, "mor_server: loading %s; health NOT_SERVING on %s\n",
+                 model_options.model_dir.c_str(), listen_address.c_str());
+  }
+
   const absl::Time load_start = absl::Now();
   auto runner = mor::CreateTorchModelRunner(model_options);
   if (!runner.ok()) return Fail(runner.status().ToString());
@@ -184,7 +209,10 @@ int main(int argc, char** argv) {
   }
 
   mor::MorServerOptions options;
-  options.listen_address = absl::GetFlag(FLAGS_listen_address);
+  options.listen_address = listen_address;
+  loading_server->Shutdown();
+  loading_server->Wait();
+  loading_server.reset();
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   options.metrics.model_name = ModelName(model_options.model_dir);
   options.tokenizer = tokenizer;
