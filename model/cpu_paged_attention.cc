@@ -10,6 +10,9 @@
 namespace mor {
 namespace {
 
+constexpr int kLanes = 16;        // partial sums of a dot product
+constexpr int kMaxHeadDim = 512;  // checked in CpuPagedAttention
+
 inline float ToFloat(float x) { return x; }
 inline float ToFloat(c10::BFloat16 x) { return static_cast<float>(x); }
 
@@ -26,10 +29,21 @@ __attribute__((always_inline)) inline void AttendOneKvHead(
   for (int32_t t = 0; t < context; ++t) {
     const int64_t slot = int64_t{blocks[t / block_size]} * block_size + t % block_size;
     const T* key = k_cache + slot * slot_stride;
+    // The key row converted once, then dot products with independent
+    // partial sums: a plain `dot +=` loop is a serial reduction the compiler
+    // may not vectorise (no reassociation), these lanes it can.
+    float kf[kMaxHeadDim];
+    for (int d = 0; d < head_dim; ++d) kf[d] = ToFloat(key[d]);
     for (int h = 0; h < group_heads; ++h) {
       const float* qh = qf + h * head_dim;
+      float lanes[kLanes] = {};
+      int d = 0;
+      for (; d + kLanes <= head_dim; d += kLanes) {
+        for (int l = 0; l < kLanes; ++l) lanes[l] += qh[d + l] * kf[d + l];
+      }
       float dot = 0;
-      for (int d = 0; d < head_dim; ++d) dot += qh[d] * ToFloat(key[d]);
+      for (; d < head_dim; ++d) dot += qh[d] * kf[d];
+      for (int l = 0; l < kLanes; ++l) dot += lanes[l];
       scores[h * context + t] = dot * scale;
     }
   }
@@ -96,6 +110,7 @@ at::Tensor CpuPagedAttention(const at::Tensor& q, const at::Tensor& k_cache,
   const int head_dim = static_cast<int>(q.size(2));
   const int kv_heads = static_cast<int>(k_cache.size(1));
   TORCH_CHECK(q.stride(2) == 1, "query rows must have unit last stride");
+  TORCH_CHECK(head_dim <= kMaxHeadDim, "CPU paged attention supports head_dim <= ", kMaxHeadDim);
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
   at::Tensor out = at::empty({num_rows, heads * head_dim}, q.options());
   // Rough work per task, so short contexts are not split across threads.

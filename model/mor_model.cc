@@ -46,7 +46,7 @@ MorModel::MorModel(ModelConfig config, MorWeights weights, const KvCacheGeometry
       cache_(geometry, dtype, device),
       dtype_(dtype),
       device_(device),
-      use_cpu_attention_(device.is_cpu() && attention != "sdpa"),
+      use_cpu_attention_(device.is_cpu() && attention != "sdpa" && config_.head_dim <= 512),
       depth_aware_(depth_aware),
       num_state_slots_(num_state_slots) {
   const auto options = at::TensorOptions().dtype(dtype_).device(device_);
