@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -183,14 +184,17 @@ class _Timer:
 def bench_prefill(dec: EagerDecoder, length: int, warmup_runs: int, repeats: int, gen):
     ids = torch.randint(0, dec.cfg.vocab_size, (1, length), generator=gen)
     wall = cpu = 0.0
+    step_seconds = []
     for run in range(warmup_runs + repeats):
         cache = dec.new_cache(1, length)
         with _Timer() as t:
             dec.step(ids, 0, cache)
         if run >= warmup_runs:
             wall, cpu = wall + t.wall, cpu + t.cpu
+            step_seconds.append(t.wall)
     return {"phase": "prefill", "batch": 1, "steps": repeats, "tokens": length * repeats,
-            "context": length, "seconds": wall, "cpu_seconds": cpu}
+            "context": length, "seconds": wall, "cpu_seconds": cpu,
+            "step_seconds": step_seconds}
 
 
 def prepare_prompts(dec: EagerDecoder, num_seqs: int, prompt_len: int, max_len: int,
@@ -213,14 +217,19 @@ def bench_decode(dec: EagerDecoder, cache: dict, first: torch.Tensor, prompt_len
     sub = EagerDecoder.slice_cache(cache, 0, batch)
     nxt = first[:batch].clone()
     t = None
+    step_seconds = []
     for step in range(warmup + steps):
         if step == warmup:
             t = _Timer().__enter__()
+        s0 = time.perf_counter()
         logits = dec.step(nxt[:, None], prompt_len + step, sub)
         nxt = logits.argmax(-1)
+        if step >= warmup:
+            step_seconds.append(time.perf_counter() - s0)
     t.__exit__()
     return {"phase": "decode", "batch": batch, "steps": steps, "tokens": batch * steps,
-            "context": prompt_len + warmup, "seconds": t.wall, "cpu_seconds": t.cpu}
+            "context": prompt_len + warmup, "seconds": t.wall, "cpu_seconds": t.cpu,
+            "step_seconds": step_seconds}
 
 
 def _steps_for(batch: int, default: int, overrides: str) -> int:
@@ -260,15 +269,17 @@ def run_bench(args) -> None:
           f"threads {torch.get_num_threads()} torch {torch.__version__}, "
           f"loaded in {load_s:.2f} s")
     print(f"{'phase':<12} {'batch':>5} {'steps':>5} {'context':>7} {'seconds':>9} "
-          f"{'tok/s':>10} {'cpu%':>5} | ms/step")
+          f"{'tok/s':>10} {'tok/s(med)':>10} {'cpu%':>5} | ms/step")
     sys.stdout.flush()
 
     def emit(r):
         r["tok_s"] = r["tokens"] / r["seconds"] if r["seconds"] > 0 else 0.0
+        med = statistics.median(r["step_seconds"])
+        r["tok_s_median"] = r["tokens"] / r["steps"] / med if med > 0 else 0.0
         name = f"prefill-{r['context']}" if r["phase"] == "prefill" else "decode"
         util = 100.0 * r["cpu_seconds"] / r["seconds"] if r["seconds"] > 0 else 0.0
         print(f"{name:<12} {r['batch']:>5} {r['steps']:>5} {r['context']:>7} "
-              f"{r['seconds']:>9.3f} {r['tok_s']:>10.1f} {util:>5.0f} | "
+              f"{r['seconds']:>9.3f} {r['tok_s']:>10.1f} {r['tok_s_median']:>10.1f} {util:>5.0f} | "
               f"{1e3 * r['seconds'] / max(1, r['steps']):.2f}")
         if args.json:
             out = {"engine": "eager", "label": label, "model_dir": args.model_dir,
@@ -347,7 +358,7 @@ def main(argv=None):
     ap.add_argument("--decode-steps-by-batch", default="",
                     help="per-batch overrides, e.g. '64:16,32:24'")
     ap.add_argument("--prefill-len", type=int, default=512, help="0 skips the prefill run")
-    ap.add_argument("--prefill-repeats", type=int, default=2)
+    ap.add_argument("--prefill-repeats", type=int, default=3)
     ap.add_argument("--policy", default="fixed",
                     help="fixedN (default fixed = fixed Nr: every token, every recursion)")
     ap.add_argument("--warmup", type=int, default=2)
