@@ -8,6 +8,8 @@
 // Generation prints one line per token, "token=<id> depth=<d>", as the tokens
 // arrive, then one "finish=<reason> ..." line with the usage. Exit code 0 on
 // success, 1 on an RPC error (printed to stderr), 2 on bad flags.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -42,6 +44,11 @@ ABSL_FLAG(std::string, request_id, "", "Request id for the server log.");
 ABSL_FLAG(bool, unary, false, "Use GenerateUnary instead of the streaming Generate.");
 ABSL_FLAG(bool, info, false, "Print the server's ModelInfo and exit.");
 ABSL_FLAG(bool, health, false, "Print the server's grpc.health.v1 status and exit.");
+ABSL_FLAG(std::string, tokenize, "", "Print the token ids the server's tokenizer gives this text.");
+ABSL_FLAG(std::vector<std::string>, stop, {}, "Stop strings, comma-separated (text mode).");
+ABSL_FLAG(bool, color, true,
+          "Text mode on a terminal: colour each piece of text by the recursion depth of its "
+          "token (1 = blue ... Nr = red); --nocolor annotates nothing.");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(120), "Deadline of the call.");
 
 namespace {
@@ -141,6 +148,53 @@ int Health(const std::shared_ptr<grpc::Channel>& channel) {
   return 0;
 }
 
+int Tokenize(mor::v1::MorService::Stub& stub, const std::string& text) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  mor::v1::TokenizeRequest request;
+  request.set_text(text);
+  mor::v1::TokenizeResponse response;
+  const grpc::Status status = stub.Tokenize(&context, request, &response);
+  if (!status.ok()) return RpcError(status);
+  std::printf("%s\n", absl::StrJoin(response.token_ids(), ",").c_str());
+  return 0;
+}
+
+// Text mode: streams the completion's text to stdout as it arrives; with
+// colour, each piece is coloured by the depth its last token reached.
+int GenerateText(mor::v1::MorService::Stub& stub, const mor::v1::GenerateRequest& request) {
+  static const char* const kDepthColors[] = {"\033[34m", "\033[36m", "\033[32m",
+                                             "\033[33m", "\033[35m", "\033[31m"};
+  const bool color = absl::GetFlag(FLAGS_color) && isatty(fileno(stdout));
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  auto reader = stub.Generate(&context, request);
+  mor::v1::GenerateResponse response;
+  while (reader->Read(&response)) {
+    if (response.has_chunk()) {
+      const auto& chunk = response.chunk();
+      if (color && chunk.depths_size() > 0) {
+        const uint32_t depth = chunk.depths(chunk.depths_size() - 1);
+        std::printf("%s%s\033[0m", kDepthColors[std::min<uint32_t>(depth, 6) - 1],
+                    chunk.text().c_str());
+      } else {
+        std::printf("%s", chunk.text().c_str());
+      }
+      std::fflush(stdout);
+    }
+    if (response.has_final()) {
+      std::printf("\n");
+      const auto& usage = response.final().usage();
+      std::string reason = mor::v1::FinishReason_Name(response.final().finish_reason());
+      std::fprintf(stderr, "[%s, %u tokens, token steps per depth %s]\n", reason.c_str(),
+                   usage.completion_tokens(),
+                   absl::StrJoin(usage.token_steps_per_depth(), ",").c_str());
+    }
+  }
+  const grpc::Status status = reader->Finish();
+  return status.ok() ? 0 : RpcError(status);
+}
+
 int Generate(mor::v1::MorService::Stub& stub, const mor::v1::GenerateRequest& request) {
   grpc::ClientContext context;
   SetDeadline(&context);
@@ -169,23 +223,34 @@ int Generate(mor::v1::MorService::Stub& stub, const mor::v1::GenerateRequest& re
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "Client for mor_server.\n\nUsage: mor_client --tokens 1,2,3 [--depth N] [--max_tokens N] "
-      "[--address host:port] [--unary]\n       mor_client --info | --health");
-  absl::ParseCommandLine(argc, argv);
+      "Client for mor_server.\n\nUsage: mor_client \"prompt text\" [--depth N] [--max_tokens N] "
+      "[--stop s1,s2] [--address host:port]\n       mor_client --tokens 1,2,3 [--depth N] "
+      "[--max_tokens N] [--unary]\n       mor_client --info | --health | --tokenize \"text\"");
+  const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   auto channel =
       grpc::CreateChannel(absl::GetFlag(FLAGS_address), grpc::InsecureChannelCredentials());
   auto stub = mor::v1::MorService::NewStub(channel);
   if (absl::GetFlag(FLAGS_info)) return Info(*stub);
   if (absl::GetFlag(FLAGS_health)) return Health(channel);
+  if (!absl::GetFlag(FLAGS_tokenize).empty()) return Tokenize(*stub, absl::GetFlag(FLAGS_tokenize));
 
   mor::v1::GenerateRequest request;
   request.set_request_id(absl::GetFlag(FLAGS_request_id));
-  std::vector<uint32_t> ids;
-  if (!ParseIds(absl::GetFlag(FLAGS_tokens), &ids) || ids.empty()) {
-    std::fprintf(stderr, "mor_client: --tokens needs comma-separated token ids (see --help)\n");
-    return 2;
+  const bool text_mode = positional.size() > 1;
+  if (text_mode) {
+    request.set_text(absl::StrJoin(positional.begin() + 1, positional.end(), " "));
+  } else {
+    std::vector<uint32_t> ids;
+    if (!ParseIds(absl::GetFlag(FLAGS_tokens), &ids) || ids.empty()) {
+      std::fprintf(stderr,
+                   "mor_client: give a prompt text or --tokens with comma-separated token ids "
+                   "(see --help)\n");
+      return 2;
+    }
+    request.mutable_tokens()->mutable_ids()->Add(ids.begin(), ids.end());
   }
-  request.mutable_tokens()->mutable_ids()->Add(ids.begin(), ids.end());
+  for (const std::string& stop : absl::GetFlag(FLAGS_stop))
+    request.mutable_stopping()->add_stop(stop);
   std::vector<uint32_t> stop_ids;
   if (!ParseIds(absl::GetFlag(FLAGS_stop_token_ids), &stop_ids)) {
     std::fprintf(stderr, "mor_client: --stop_token_ids needs comma-separated token ids\n");
@@ -210,5 +275,5 @@ int main(int argc, char** argv) {
   }
   request.set_return_depths(true);
   request.set_top_logprobs(static_cast<uint32_t>(std::max(0, absl::GetFlag(FLAGS_top_logprobs))));
-  return Generate(*stub, request);
+  return text_mode ? GenerateText(*stub, request) : Generate(*stub, request);
 }
