@@ -78,6 +78,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "bench/bench_util.h"
 #include "model/kv_cache_types.h"
 #include "model/model_config.h"
 #include "model/model_runner.h"
@@ -122,58 +123,13 @@ ABSL_FLAG(std::string, label, "", "name of this run in the output");
 namespace mor {
 namespace {
 
+using bench::ProcessCpuSeconds;
+using bench::SecondsSince;
+
 using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-double ProcessCpuSeconds() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  auto sec = [](const timeval& t) { return static_cast<double>(t.tv_sec) + 1e-6 * t.tv_usec; };
-  return sec(u.ru_utime) + sec(u.ru_stime);
-}
 
 // ---------------------------------------------------------------------------
 // Hand-over to the orchestrator when no --model_dir is given.
-
-bool HasModelDirFlag(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    absl::string_view a = argv[i];
-    if (a == "--") break;
-    if (absl::ConsumePrefix(&a, "--") || absl::ConsumePrefix(&a, "-")) {
-      if (a == "model_dir" || absl::StartsWith(a, "model_dir=")) return true;
-    }
-  }
-  return false;
-}
-
-[[noreturn]] void ExecOrchestrator(int argc, char** argv) {
-  const char* env_src = std::getenv("MOR_SOURCE_DIR");
-  const std::filesystem::path src = env_src != nullptr ? env_src : MOR_SOURCE_DIR;
-  const std::filesystem::path script = src / "tools" / "bench" / "bench_engine.py";
-  std::filesystem::path python = src / ".venv" / "bin" / "python";
-  std::error_code ec;
-  if (!std::filesystem::exists(python, ec)) python = "python3";
-  std::filesystem::path build_dir;  // this binary lives in <build>/bench/
-  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
-  if (!ec) build_dir = self.parent_path().parent_path();
-  std::vector<std::string> args = {python.string(), script.string()};
-  if (!build_dir.empty()) {
-    args.push_back("--build-dir");
-    args.push_back(build_dir.string());
-  }
-  for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
-  std::vector<char*> cargs;
-  for (std::string& a : args) cargs.push_back(a.data());
-  cargs.push_back(nullptr);
-  std::fflush(stdout);
-  execvp(cargs[0], cargs.data());
-  std::fprintf(stderr, "mor_bench_engine: cannot run %s %s: %s\n", args[0].c_str(), args[1].c_str(),
-               std::strerror(errno));
-  std::exit(1);
-}
 
 // ---------------------------------------------------------------------------
 // Flags.
@@ -837,7 +793,8 @@ absl::Status Run() {
 }  // namespace mor
 
 int main(int argc, char** argv) {
-  if (!mor::HasModelDirFlag(argc, argv)) mor::ExecOrchestrator(argc, argv);
+  if (!mor::bench::HasFlag(argc, argv, "model_dir"))
+    mor::bench::ExecOrchestrator(argc, argv, "bench_engine.py", "mor_bench_engine");
   absl::SetProgramUsageMessage(
       "Output tokens/s, per-recursion batch occupancy and KV bytes per token of the MoR engine\n"
       "in every batching mode vs a vanilla model, N concurrent requests in-process.\n"

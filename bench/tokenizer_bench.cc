@@ -34,6 +34,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/match.h"
 #include "absl/strings/strip.h"
+#include "bench/bench_util.h"
 #include "model/tokenizer.h"
 
 ABSL_FLAG(std::string, tokenizer, "",
@@ -48,42 +49,8 @@ ABSL_FLAG(bool, json, false, "print one JSON object instead of text");
 namespace mor {
 namespace {
 
-bool HasTokenizerFlag(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    absl::string_view a = argv[i];
-    if (a == "--") break;
-    if (absl::ConsumePrefix(&a, "--") || absl::ConsumePrefix(&a, "-")) {
-      if (a == "tokenizer" || absl::StartsWith(a, "tokenizer=")) return true;
-    }
-  }
-  return false;
-}
-
-[[noreturn]] void ExecOrchestrator(int argc, char** argv) {
-  const char* env_src = std::getenv("MOR_SOURCE_DIR");
-  const std::filesystem::path src = env_src != nullptr ? env_src : MOR_SOURCE_DIR;
-  const std::filesystem::path script = src / "tools" / "bench" / "bench_tokenizer.py";
-  std::filesystem::path python = src / ".venv" / "bin" / "python";
-  std::error_code ec;
-  if (!std::filesystem::exists(python, ec)) python = "python3";
-  std::filesystem::path build_dir;  // this binary lives in <build>/bench/
-  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
-  if (!ec) build_dir = self.parent_path().parent_path();
-  std::vector<std::string> args = {python.string(), script.string()};
-  if (!build_dir.empty()) {
-    args.push_back("--build-dir");
-    args.push_back(build_dir.string());
-  }
-  for (int i = 1; i < argc; ++i) args.push_back(argv[i]);
-  std::vector<char*> cargs;
-  for (std::string& a : args) cargs.push_back(a.data());
-  cargs.push_back(nullptr);
-  std::fflush(stdout);
-  execvp(cargs[0], cargs.data());
-  std::fprintf(stderr, "mor_bench_tokenizer: cannot run %s %s: %s\n", args[0].c_str(),
-               args[1].c_str(), std::strerror(errno));
-  std::exit(1);
-}
+using bench::ProcessCpuSeconds;
+using bench::SecondsSince;
 
 // Wall-clock and CPU time of this thread (the CPU time is what the encoding
 // cost, whatever else runs on the machine).
@@ -208,7 +175,8 @@ int Run() {
 }  // namespace mor
 
 int main(int argc, char** argv) {
-  if (!mor::HasTokenizerFlag(argc, argv)) mor::ExecOrchestrator(argc, argv);
+  if (!mor::bench::HasFlag(argc, argv, "tokenizer"))
+    mor::bench::ExecOrchestrator(argc, argv, "bench_tokenizer.py", "mor_bench_tokenizer");
   absl::SetProgramUsageMessage(
       "Encoding MB/s of the C++ tokenizer, single-threaded.\n"
       "  mor_bench_tokenizer --tokenizer tokenizer.json --text corpus.txt [--json]\n"
