@@ -5,13 +5,17 @@
 // Protocol (the same as tools/reference/eager_decode.py):
 //   * prefill-N: one sequence of N random tokens in one Step (logits of the
 //     last token); after `--warmup` > 0 one untimed run, `--prefill_repeats`
-//     timed runs; tokens/s = N * repeats / time.
+//     timed runs.
 //   * decode at batch B: max(B) sequences of `--prompt_len` random tokens are
 //     prefilled once (untimed). For each B the first B sequences are rewound to
 //     the end of their prompt (their tables' entry counts restored; the prompt
 //     K/V are never overwritten), then `--warmup` untimed and `--decode_steps`
 //     timed greedy steps of the whole batch (one token per sequence per Step,
-//     argmax on the host included). tokens/s = B * steps / time.
+//     argmax on the host included).
+// tokens/s = timed tokens / total time; tok/s(med) = tokens of one step /
+// median step time (robust to short interference from other processes; the
+// number tools/bench/bench_model.py reports by default). cpu% = process CPU
+// time / wall time (200% = both threads of --threads 2 busy).
 //
 // Without --model_dir the binary hands over to tools/bench/bench_model.py,
 // which builds the models and compares this engine with eager PyTorch; that
