@@ -32,14 +32,15 @@ steps, block-granular and exact).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import loadavg, machine_info  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REFERENCE = os.path.join(ROOT, "tools", "reference")
@@ -130,13 +131,6 @@ def default_model_dims(path: str) -> tuple[dict, int, int, int] | None:
 # Runs
 # ----------------------------------------------------------------------------
 
-def loadavg() -> float:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return float("nan")
-
-
 def run_json(cmd: list[str], name: str, verbose: bool) -> tuple[list[dict], float]:
     log(f"[{name}] {' '.join(shlex.quote(c) for c in cmd)}  (load avg {loadavg():.2f})")
     start = time.perf_counter()
@@ -155,42 +149,6 @@ def run_json(cmd: list[str], name: str, verbose: bool) -> tuple[list[dict], floa
         raise SystemExit(f"bench_engine: [{name}] failed with exit code {rc}")
     return records, secs
 
-
-def machine_info(threads: int) -> dict:
-    cpu, flags = platform.processor() or "?", ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and cpu in ("?", ""):
-                    cpu = line.split(":", 1)[1].strip()
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    flags = " ".join(x for x in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-                                     if x in have)
-                    break
-    except OSError:
-        pass
-    try:
-        import torch
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = "?"
-    try:
-        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "isa": flags, "threads": threads,
-            "torch": torch_version, "python": platform.python_version(),
-            "kernel": platform.release(), "commit": commit,
-            "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
-
-
-# ----------------------------------------------------------------------------
-# Tables
-# ----------------------------------------------------------------------------
 
 def fmt(v, digits=1) -> str:
     if v is None:
