@@ -491,9 +491,12 @@ TEST_F(MorServerE2eTest, QueueFullIsResourceExhausted) {
     if (i == 0) ASSERT_TRUE(readers.back()->Read(&first));  // the first one is running
   }
   grpc::Status status;
-  for (int attempt = 0; attempt < 100; ++attempt) {  // the two queued ones may still be in flight
+  // The two queued ones may still be in flight, and the engine publishes its
+  // queue length after each step: a probe accepted in that window just times
+  // out (short deadline) and the next one is refused.
+  for (int attempt = 0; attempt < 100; ++attempt) {
     grpc::ClientContext context;
-    SetDeadline(&context);
+    SetDeadline(&context, absl::Milliseconds(300));
     v1::GenerateUnaryResponse response;
     status = stub_->GenerateUnary(&context, Request({4, 5}, 2), &response);
     if (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) break;
