@@ -7,6 +7,7 @@
 #define MOR_MODEL_MODEL_RUNNER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -149,6 +150,36 @@ class ModelRunner {
   }
 };
 
+// Block counts of the two KV pools, each including the reserved block 0.
+struct KvPoolBlocks {
+  int64_t num_depth_blocks = 0;
+  int64_t num_unique_blocks = 0;  // 0: same as num_depth_blocks
+};
+
+// Sizes the KV pools from inside model loading: called once the weights are
+// on the device and before the pools (and the depth-wise state slots) are
+// allocated, with the model's KV geometry (block counts 0, dtype_bytes of the
+// compute dtype). Its error is returned by CreateTorchModelRunner as is.
+using KvPoolSizer = std::function<absl::StatusOr<KvPoolBlocks>(const KvCacheGeometry& geometry)>;
+
+// Memory of one CUDA device, in bytes.
+struct DeviceMemoryInfo {
+  // What new allocations on the device can take: the memory the CUDA driver
+  // reports free (cudaMemGetInfo, all processes counted) plus the memory
+  // LibTorch's caching allocator holds without a live tensor in it (it
+  // reuses that first).
+  int64_t free_bytes = 0;
+  int64_t total_bytes = 0;      // the device's memory
+  int64_t allocated_bytes = 0;  // in live LibTorch tensors of this process
+};
+
+// The memory of `device` ("cuda" = "cuda:0", or "cuda:N") now; queried after
+// the weights are loaded (e.g. from a KvPoolSizer) it reflects them.
+// FailedPrecondition for "cpu" (host memory is not reported) and when this
+// LibTorch has no usable CUDA device; InvalidArgument for a malformed name or
+// an index past the device count. Implemented with LibTorch (mor_model_torch).
+absl::StatusOr<DeviceMemoryInfo> QueryDeviceMemory(const std::string& device);
+
 struct ModelRunnerOptions {
   std::string model_dir;
   std::string device = "cpu";     // cpu | cuda | cuda:N
@@ -156,7 +187,10 @@ struct ModelRunnerOptions {
   int32_t block_size = 16;
   int64_t num_depth_blocks = 1024;  // depth-pool capacity (incl. reserved block 0)
   int64_t num_unique_blocks = 0;    // 0: same as num_depth_blocks
-  int32_t num_threads = 0;          // intra-op CPU threads; 0 = all cores
+  // Optional: when set, its counts replace num_depth_blocks /
+  // num_unique_blocks (see KvPoolSizer).
+  KvPoolSizer kv_pool_sizer;
+  int32_t num_threads = 0;  // intra-op CPU threads; 0 = all cores
   // Attention kernel: "auto" (paged CPU kernel on CPU, gather + SDPA on CUDA)
   // or "sdpa" (gather + SDPA everywhere; for comparison).
   std::string attention = "auto";

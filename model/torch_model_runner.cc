@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/Allocator.h>
+#include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/DeviceType.h>
 
 #include <algorithm>
@@ -72,6 +74,34 @@ std::string CanonicalDType(at::ScalarType t) {
 
 }  // namespace
 
+absl::StatusOr<DeviceMemoryInfo> QueryDeviceMemory(const std::string& device_name) {
+  try {
+    MOR_ASSIGN_OR_RETURN(at::Device device, ParseDevice(device_name));
+    if (!device.is_cuda()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("device '", device_name, "': memory is reported for CUDA devices only"));
+    }
+    // The CUDA caching allocator (c10_cuda): cudaMemGetInfo on the device,
+    // and its own counters of reserved and allocated bytes.
+    c10::DeviceAllocator* allocator = c10::getDeviceAllocator(c10::DeviceType::CUDA);
+    const auto [driver_free, total] = allocator->getMemoryInfo(device.index());
+    const c10::CachingDeviceAllocator::DeviceStats stats =
+        allocator->getDeviceStats(device.index());
+    constexpr auto kAll = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    const int64_t reserved = stats.reserved_bytes[kAll].current;
+    const int64_t allocated = stats.allocated_bytes[kAll].current;
+    DeviceMemoryInfo info;
+    info.total_bytes = static_cast<int64_t>(total);
+    info.free_bytes =
+        static_cast<int64_t>(driver_free) + std::max<int64_t>(0, reserved - allocated);
+    info.allocated_bytes = allocated;
+    return info;
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("querying the memory of device '", device_name, "': ", e.what()));
+  }
+}
+
 absl::StatusOr<std::unique_ptr<ModelRunner>> CreateTorchModelRunner(
     const ModelRunnerOptions& options) {
   MOR_ASSIGN_OR_RETURN(std::unique_ptr<TorchModelRunner> runner, TorchModelRunner::Create(options));
@@ -88,8 +118,16 @@ absl::StatusOr<std::unique_ptr<TorchModelRunner>> TorchModelRunner::Create(
     if (options.num_state_slots < 0 || options.num_state_slots > (1 << 24)) {
       return absl::InvalidArgumentError("num_state_slots must be in 0..16777216");
     }
-    if (options.num_depth_blocks < 2 || options.num_unique_blocks < 0) {
-      return absl::InvalidArgumentError("KV pools need at least 2 blocks (block 0 is reserved)");
+    auto check_blocks = [](int64_t depth_blocks, int64_t unique_blocks) -> absl::Status {
+      if (depth_blocks < 2 || unique_blocks < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("KV pools need at least 2 blocks (block 0 is reserved); got ",
+                         depth_blocks, " depth and ", unique_blocks, " unique blocks"));
+      }
+      return absl::OkStatus();
+    };
+    if (!options.kv_pool_sizer) {
+      MOR_RETURN_IF_ERROR(check_blocks(options.num_depth_blocks, options.num_unique_blocks));
     }
     MOR_ASSIGN_OR_RETURN(at::Device device, ParseDevice(options.device));
     MOR_ASSIGN_OR_RETURN(at::ScalarType dtype, ParseDType(options.dtype, device));
@@ -108,11 +146,17 @@ absl::StatusOr<std::unique_ptr<TorchModelRunner>> TorchModelRunner::Create(
 
     KvCacheGeometry geometry = MakeKvCacheGeometry(config, options.block_size,
                                                    static_cast<int32_t>(c10::elementSize(dtype)));
-    geometry.num_depth_blocks = options.num_depth_blocks;
-    geometry.num_unique_blocks = plan.num_unique_layers == 0
-                                     ? 0
-                                     : (options.num_unique_blocks > 0 ? options.num_unique_blocks
-                                                                      : options.num_depth_blocks);
+    // The weights are on the device now: a sizer sees the memory they left.
+    KvPoolBlocks blocks{options.num_depth_blocks, options.num_unique_blocks};
+    if (options.kv_pool_sizer) {
+      MOR_ASSIGN_OR_RETURN(blocks, options.kv_pool_sizer(geometry));
+      MOR_RETURN_IF_ERROR(check_blocks(blocks.num_depth_blocks, blocks.num_unique_blocks));
+    }
+    geometry.num_depth_blocks = blocks.num_depth_blocks;
+    geometry.num_unique_blocks =
+        plan.num_unique_layers == 0
+            ? 0
+            : (blocks.num_unique_blocks > 0 ? blocks.num_unique_blocks : blocks.num_depth_blocks);
     if (options.attention != "auto" && options.attention != "sdpa") {
       return absl::InvalidArgumentError(
           absl::StrCat("attention '", options.attention, "': expected auto or sdpa"));

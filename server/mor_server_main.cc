@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -26,6 +27,7 @@
 #include "model/tokenizer.h"
 #include "scheduler/engine.h"
 #include "scheduler/kv_cache_manager.h"
+#include "server/kv_cache_budget.h"
 #include "server/mor_server.h"
 
 ABSL_FLAG(std::string, listen_address, "127.0.0.1:50051",
@@ -45,14 +47,26 @@ ABSL_FLAG(std::string, device, "cpu", "Where the model runs: cpu, cuda or cuda:N
 ABSL_FLAG(std::string, dtype, "float32",
           "Compute dtype: float32, bfloat16 or float16 (float16 on CUDA only).");
 ABSL_FLAG(int32_t, block_size, 16, "Tokens per KV-cache block.");
-ABSL_FLAG(int64_t, kv_cache_bytes, int64_t{1} << 30,
-          "KV-cache memory budget in bytes (default 1 GiB), split between the depth pool (all "
-          "recursion depths, per-depth block tables) and the unique-layer pool of middle_* "
-          "models. Ignored when --kv_blocks is set.");
+ABSL_FLAG(std::optional<int64_t>, kv_cache_bytes, std::nullopt,
+          "KV-cache memory budget in bytes (default 1 GiB = 1073741824), split between the depth "
+          "pool (all recursion depths, per-depth block tables) and the unique-layer pool of "
+          "middle_* models. Ignored when --kv_blocks is set; not allowed with "
+          "--kv_cache_fraction.");
 ABSL_FLAG(int64_t, kv_blocks, 0,
           "KV-cache blocks per pool (including one reserved block), instead of "
           "--kv_cache_bytes. A request needs about depths x (prompt + max_tokens) / block_size "
           "depth blocks.");
+ABSL_FLAG(std::optional<double>, kv_cache_fraction, std::nullopt,
+          "CUDA only: KV-cache budget as a fraction in (0, 1] of the device memory that is FREE "
+          "once the model weights are loaded, instead of --kv_cache_bytes / --kv_blocks (which "
+          "it cannot be combined with). Free = what the CUDA driver reports free (memory used by "
+          "other processes counts as taken) plus memory LibTorch's caching allocator holds "
+          "unused. Unlike vLLM's gpu_memory_utilization it is not a share of total memory: 0.9 "
+          "gives the KV pools 90% of what the weights left, and the other 10% stays for "
+          "activations (they grow with --max_num_batched_tokens), the --state_slots buffers and "
+          "CUDA/cuBLAS workspaces. The budget is split between the pools as for "
+          "--kv_cache_bytes; free, total, budget and blocks are logged at startup. Default: "
+          "unset (off).");
 ABSL_FLAG(std::string, batching_mode, "continuous_depthwise",
           "continuous_depthwise (one shared-block call carries tokens at different recursion "
           "depths from different requests; the paper's continuous depth-wise batching), "
@@ -129,9 +143,40 @@ int main(int argc, char** argv) {
   if (!mode.ok()) return Fail(mode.status().ToString());
   model_options.depth_aware = *mode != mor::BatchingMode::kNoDepthAwareness;
 
-  // KV pools: from --kv_blocks, or split from the byte budget.
-  if (absl::GetFlag(FLAGS_kv_blocks) > 0) {
-    model_options.num_depth_blocks = absl::GetFlag(FLAGS_kv_blocks);
+  // KV pools: from --kv_blocks, split from the byte budget, or (CUDA) from a
+  // fraction of the memory free once the weights are loaded.
+  mor::KvBudgetFlags kv_flags;
+  if (const std::optional<int64_t> bytes = absl::GetFlag(FLAGS_kv_cache_bytes)) {
+    kv_flags.kv_cache_bytes = *bytes;
+    kv_flags.kv_cache_bytes_set = true;
+  }
+  kv_flags.kv_blocks = absl::GetFlag(FLAGS_kv_blocks);
+  kv_flags.kv_blocks_set = kv_flags.kv_blocks != 0;
+  if (const std::optional<double> fraction = absl::GetFlag(FLAGS_kv_cache_fraction)) {
+    kv_flags.kv_cache_fraction = *fraction;
+    kv_flags.kv_cache_fraction_set = true;
+  }
+  kv_flags.device = model_options.device;
+  auto kv_plan = mor::PlanKvBudget(kv_flags);
+  if (!kv_plan.ok()) return Fail(std::string(kv_plan.status().message()));
+  if (kv_plan->source == mor::KvBudgetSource::kDeviceFraction) {
+    // Runs inside model loading, after the weights are on the device.
+    model_options.kv_pool_sizer =
+        [fraction = kv_plan->fraction, device = model_options.device](
+            const mor::KvCacheGeometry& geometry) -> absl::StatusOr<mor::KvPoolBlocks> {
+      auto memory = mor::QueryDeviceMemory(device);
+      if (!memory.ok()) {
+        return absl::Status(memory.status().code(),
+                            absl::StrCat("--kv_cache_fraction: ", memory.status().message()));
+      }
+      auto decision = mor::SizeKvFromFreeMemory(fraction, *memory, geometry);
+      if (!decision.ok()) return decision.status();
+      std::fprintf(stderr, "mor_server: KV cache: %s\n",
+                   mor::DescribeKvFractionDecision(*decision).c_str());
+      return mor::KvPoolBlocks{decision->sizes.num_depth_blocks, decision->sizes.num_unique_blocks};
+    };
+  } else if (kv_plan->source == mor::KvBudgetSource::kBlocks) {
+    model_options.num_depth_blocks = kv_plan->blocks;
   } else {
     auto config = mor::ModelConfig::FromFile(model_options.model_dir + std::string("/config.json"));
     if (!config.ok()) return Fail(config.status().ToString());
@@ -139,7 +184,7 @@ int main(int argc, char** argv) {
     if (dtype_bytes == 0) return Fail("unknown --dtype " + model_options.dtype);
     const mor::KvCacheGeometry geometry =
         mor::MakeKvCacheGeometry(*config, model_options.block_size, dtype_bytes);
-    auto sizes = mor::KvCacheManager::SizeFromBudget(geometry, absl::GetFlag(FLAGS_kv_cache_bytes));
+    auto sizes = mor::KvCacheManager::SizeFromBudget(geometry, kv_plan->bytes);
     if (!sizes.ok()) return Fail(sizes.status().ToString());
     model_options.num_depth_blocks = sizes->num_depth_blocks;
     model_options.num_unique_blocks = sizes->num_unique_blocks;

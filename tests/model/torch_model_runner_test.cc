@@ -137,6 +137,51 @@ TEST(TorchModelRunnerLoadTest, BadDeviceAndDtype) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(TorchModelRunnerLoadTest, KvPoolSizerSeesGeometryAndSetsPools) {
+  ModelRunnerOptions options;
+  options.model_dir = WriteModel("sizer");
+  options.block_size = 4;
+  options.num_threads = 2;
+  options.num_depth_blocks = 0;  // ignored: the sizer decides
+  int calls = 0;
+  options.kv_pool_sizer = [&](const KvCacheGeometry& geometry) -> absl::StatusOr<KvPoolBlocks> {
+    ++calls;
+    EXPECT_EQ(geometry.block_size, 4);
+    EXPECT_EQ(geometry.dtype_bytes, 4);
+    EXPECT_EQ(geometry.num_depth_levels, 3);
+    EXPECT_EQ(geometry.num_depth_blocks, 0);
+    EXPECT_EQ(geometry.num_unique_blocks, 0);
+    return KvPoolBlocks{10, 7};
+  };
+  auto runner = CreateTorchModelRunner(options);
+  ASSERT_TRUE(runner.ok()) << runner.status();
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ((*runner)->kv_geometry().num_depth_blocks, 10);
+  EXPECT_EQ((*runner)->kv_geometry().num_unique_blocks, 7);
+
+  // Its error comes back as is; too few blocks are rejected.
+  options.kv_pool_sizer = [](const KvCacheGeometry&) -> absl::StatusOr<KvPoolBlocks> {
+    return absl::ResourceExhaustedError("no room for the KV cache");
+  };
+  runner = CreateTorchModelRunner(options);
+  EXPECT_EQ(runner.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(runner.status().message(), HasSubstr("no room for the KV cache"));
+  options.kv_pool_sizer = [](const KvCacheGeometry&) -> absl::StatusOr<KvPoolBlocks> {
+    return KvPoolBlocks{1, 0};
+  };
+  runner = CreateTorchModelRunner(options);
+  EXPECT_EQ(runner.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(runner.status().message(), HasSubstr("at least 2 blocks"));
+}
+
+TEST(QueryDeviceMemoryTest, CpuIsNotReported) {
+  absl::Status status = QueryDeviceMemory("cpu").status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(status.message(), HasSubstr("CUDA devices only"));
+  EXPECT_EQ(QueryDeviceMemory("tpu").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(QueryDeviceMemory("cuda:x").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 class TorchModelRunnerStepTest : public ::testing::Test {
  protected:
   void SetUp() override {
