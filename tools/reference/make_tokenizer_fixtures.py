@@ -3,9 +3,11 @@ parity fixtures the C++ tokenizer (model/tokenizer.h) is tested against.
 
 Usage::
 
-    make_tokenizer_fixtures.py --out DIR
+    make_tokenizer_fixtures.py --out DIR                       # the trained styles
+    make_tokenizer_fixtures.py --out DIR --only default_model \
+        [--default-model-dir models/default] [--kjv-corpus-dir DIR/kjv]
 
-Everything is built from text in this file (no download): the training corpus
+The trained styles are built from text in this file (no download): the training corpus
 (English, German, French, Chinese, Japanese, Russian, Arabic, Hindi, emoji,
 code, digits, whitespace runs, special tokens) and the parity corpus (Unicode,
 emoji, whitespace runs of every shape, digits, code, special tokens and their
@@ -30,6 +32,18 @@ Styles (pre-tokenizer / post-processor as in the named model families):
   already in the vocab.
 * ``splits``: Sequence[Split("--", Removed), Split([,;], Contiguous), Digits(runs), ByteLevel]
   (the other split behaviours the C++ side supports).
+* ``default_model``: not trained here: the embedded default model's tokenizer
+  (``--default-model-dir``, default ``models/default``; trained by
+  tools/train/train_tokenizer.py) copied byte for byte. Besides the parity corpus
+  it encodes the model's own corpus: every document of the KJV ``train.txt`` and
+  ``val.txt`` that tools/train/prepare_corpus.py writes into ``--kjv-corpus-dir``
+  (default ``DIR/kjv``; run here unless that directory already holds both files
+  with the sha256 sums of its ``corpus.json``), documents split on blank lines as
+  tools/train/train.py splits them, plus the first KJV_JOINED_DOCS documents
+  joined as one text. Building that corpus needs ``apt-get download`` (the
+  Debian mirror); when it fails this script fails: the corpus is never skipped.
+  Only the default_model run is slow to fetch, so it is asked for by ``--only``
+  and leaves ``manifest.json`` (the trained styles) alone.
 
 ``expected.json`` of a style::
 
@@ -43,14 +57,25 @@ Styles (pre-tokenizer / post-processor as in the named model families):
 ``encode`` covers the parity corpus and every training document plus the whole
 training corpus; ``decode`` holds random id streams (all ids, and streams of
 single-byte tokens that form invalid UTF-8) with a few out-of-range ids.
+
+Corpus entries of ``default_model`` (the KJV documents) are stored compactly:
+``ids_special`` is left out where it equals ``ids``, ``decoded`` where it equals
+``text`` and ``decoded_skip`` where it equals ``decoded`` (the C++ test reads
+the omitted field as that value; everything is still compared). Its
+expected.json also has ``"corpora": [{"name", "path", "sha256", "bytes",
+"documents", "first", "count"}]``: the KJV files and the range of ``encode``
+holding their documents in order (``"\\n\\n".join`` of them is the file).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
+import shutil
+import subprocess
 import sys
 import time
 
@@ -61,6 +86,12 @@ from tokenizers import pre_tokenizers as pre
 FORMAT_VERSION = 1
 VOCAB_SIZE = 1500
 NUM_RANDOM_DECODES = 150
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_MODEL_STYLE = "default_model"
+PREPARE_CORPUS = os.path.join(REPO_ROOT, "tools", "train", "prepare_corpus.py")
+KJV_FILES = ("train.txt", "val.txt")
+KJV_JOINED_DOCS = 40  # the first train.txt documents, also encoded joined as one text
 
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -363,17 +394,156 @@ def expected_for(style: str, tok: Tokenizer, num_fuzz: int) -> dict:
             "encode": encode, "decode": decode}
 
 
+# ----------------------------------------------------------------------------
+# The embedded default model's tokenizer on its own training corpus
+# ----------------------------------------------------------------------------
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _kjv_cached(corpus_dir: str):
+    """corpus.json when both KJV files exist with its sha256 sums, else None."""
+    try:
+        with open(os.path.join(corpus_dir, "corpus.json")) as f:
+            info = json.load(f)
+        for name in KJV_FILES:
+            if _sha256(os.path.join(corpus_dir, name)) != info["files"][name]["sha256"]:
+                return None
+        return info
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def ensure_kjv_corpus(corpus_dir: str) -> dict:
+    """The KJV corpus of the default model in corpus_dir (prepare_corpus.py runs
+    unless it is cached there); exits non-zero when it cannot be built."""
+    info = _kjv_cached(corpus_dir)
+    if info is not None:
+        print(f"{DEFAULT_MODEL_STYLE}: KJV corpus cached in {corpus_dir}", flush=True)
+        return info
+    print(f"{DEFAULT_MODEL_STYLE}: building the KJV corpus: {PREPARE_CORPUS} {corpus_dir}",
+          flush=True)
+    res = subprocess.run([sys.executable, PREPARE_CORPUS, corpus_dir],
+                         capture_output=True, text=True)
+    info = _kjv_cached(corpus_dir) if res.returncode == 0 else None
+    if info is None:
+        sys.exit(
+            f"make_tokenizer_fixtures: FAILED to build the default model's training corpus "
+            f"(exit {res.returncode}): {PREPARE_CORPUS} {corpus_dir}\n"
+            f"It fetches the Debian packages bible-kjv-text and bible-kjv with "
+            f"`apt-get download` (needs the Debian mirror; try `apt-get update`). The "
+            f"default_model tokenizer parity fixture is not written without the corpus: put "
+            f"prepare_corpus.py output (train.txt, val.txt, corpus.json) into {corpus_dir} "
+            f"or give --kjv-corpus-dir.\n--- prepare_corpus.py output ---\n"
+            f"{res.stdout}{res.stderr}")
+    return info
+
+
+def kjv_documents(path: str) -> list[str]:
+    """The documents of a KJV file, split as tools/train/train.py splits them."""
+    with open(path, encoding="utf-8", newline="") as f:
+        text = f.read()
+    docs = [d for d in text.split("\n\n") if d.strip()]
+    if not docs or "\n\n".join(docs) != text:
+        sys.exit(f"make_tokenizer_fixtures: {path} does not split into blank-line separated "
+                 "documents that join back to the file")
+    return docs
+
+
+def _compact_encode(tok: Tokenizer, texts: list[str]) -> list[dict]:
+    """encode entries with the fields that equal their fallback left out."""
+    out = []
+    for text, enc, enc_special in zip(texts, tok.encode_batch(texts, add_special_tokens=False),
+                                      tok.encode_batch(texts, add_special_tokens=True)):
+        entry = {"text": text, "ids": enc.ids}
+        if enc_special.ids != enc.ids:
+            entry["ids_special"] = enc_special.ids
+        decoded = tok.decode(enc.ids, skip_special_tokens=False)
+        if decoded != text:
+            entry["decoded"] = decoded
+        decoded_skip = tok.decode(enc.ids, skip_special_tokens=True)
+        if decoded_skip != decoded:
+            entry["decoded_skip"] = decoded_skip
+        out.append(entry)
+    return out
+
+
+def write_default_model(out_dir: str, model_dir: str, corpus_dir: str, num_fuzz: int) -> dict:
+    src = os.path.join(model_dir, "tokenizer.json")
+    if not os.path.isfile(src):
+        sys.exit(f"make_tokenizer_fixtures: no default model tokenizer at {src}")
+    corpus_dir = os.path.abspath(corpus_dir)
+    d = os.path.join(out_dir, DEFAULT_MODEL_STYLE)
+    os.makedirs(d, exist_ok=True)
+    for name in ("expected.json", "tokenizer.json"):  # no stale fixture when this fails
+        if os.path.exists(os.path.join(d, name)):
+            os.remove(os.path.join(d, name))
+    info = ensure_kjv_corpus(corpus_dir)
+    dst = os.path.join(d, "tokenizer.json")
+    shutil.copyfile(src, dst)  # as is: the C++ side loads the very bytes the server loads
+    tok = Tokenizer.from_file(dst)
+    exp = expected_for(DEFAULT_MODEL_STYLE, tok, num_fuzz)
+    exp["tokenizer_sha256"] = _sha256(dst)
+    exp["corpora"] = []
+    train_docs = None
+    for name in KJV_FILES:
+        path = os.path.join(corpus_dir, name)
+        docs = kjv_documents(path)
+        if len(docs) != info["files"][name]["documents"]:
+            sys.exit(f"make_tokenizer_fixtures: {path} has {len(docs)} documents, "
+                     f"corpus.json says {info['files'][name]['documents']}")
+        train_docs = docs if train_docs is None else train_docs
+        exp["corpora"].append({"name": f"kjv/{name}", "path": path,
+                               "sha256": info["files"][name]["sha256"],
+                               "bytes": os.path.getsize(path), "documents": len(docs),
+                               "first": len(exp["encode"]), "count": len(docs)})
+        exp["encode"] += _compact_encode(tok, docs)
+    exp["encode"] += _compact_encode(tok, ["\n\n".join(train_docs[:KJV_JOINED_DOCS])])
+    with open(os.path.join(d, "expected.json"), "w", encoding="utf-8") as f:
+        json.dump(exp, f, ensure_ascii=True, separators=(",", ":"))
+    n_ids = sum(len(e["ids"]) for e in exp["encode"])
+    print(f"{DEFAULT_MODEL_STYLE} vocab={exp['vocab_size']} encode={len(exp['encode'])} "
+          f"({n_ids} ids; " + ", ".join(f"{c['name']}: {c['documents']} documents"
+                                        for c in exp["corpora"])
+          + f") decode={len(exp['decode'])} "
+          f"expected.json={os.path.getsize(os.path.join(d, 'expected.json')) >> 10} KiB",
+          flush=True)
+    return exp
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Generate tokenizer parity fixtures.")
     ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--only", nargs="*", default=None, help="styles to build")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help=f"styles to build (default: the trained ones; {DEFAULT_MODEL_STYLE} "
+                         "is built only when named here)")
     ap.add_argument("--fuzz", type=int, default=400,
                     help="random strings of tricky pieces added to the parity corpus")
+    ap.add_argument("--default-model-dir", default=os.path.join(REPO_ROOT, "models", "default"),
+                    help=f"{DEFAULT_MODEL_STYLE}: the directory of the model's tokenizer.json")
+    ap.add_argument("--kjv-corpus-dir", default=None,
+                    help=f"{DEFAULT_MODEL_STYLE}: prepare_corpus.py output (built there unless "
+                         "cached; default OUT/kjv)")
     args = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
+    known = list(STYLES) + [DEFAULT_MODEL_STYLE]
+    unknown = [s for s in args.only or [] if s not in known]
+    if unknown:
+        ap.error(f"unknown styles {unknown}; known: {known}")
+    if args.only and DEFAULT_MODEL_STYLE in args.only:
+        write_default_model(args.out, args.default_model_dir,
+                            args.kjv_corpus_dir or os.path.join(args.out, "kjv"), args.fuzz)
     styles = [s for s in STYLES if not args.only or s in args.only]
+    if not styles:
+        print(f"{DEFAULT_MODEL_STYLE} written to {args.out} in {time.time() - t0:.1f}s")
+        return 0
     for style in styles:
         tok = STYLES[style]()
         d = os.path.join(args.out, style)
