@@ -369,10 +369,14 @@ def main(argv=None) -> int:
            f"Machine: {info['cpu']} ({info['cores']} cores; {info['isa']}), {args.threads} "
            f"intra-op threads, device {args.device}, dtype {args.dtype}, torch {info['torch']}, "
            f"commit {info['commit'] or '?'}, {info['date']}",
-           f"Models: random weights; MoR = middle_cycle 1 + Bx{'/'.join(map(str, nrs))} + 1 "
-           f"(B = {', '.join(str(BLOCK_LAYERS[n]) for n in nrs)}), expert choice, linear "
-           f"router, recursion-wise KV; vanilla = {', '.join(str(2 + BLOCK_LAYERS[n] * n) for n in nrs)} "
-           f"layers; d 576, 9 heads / 3 KV heads, d_ff 1536, vocab 49152.",
+           (f"Models: random weights; MoR = middle_cycle 1 + Bx{'/'.join(map(str, nrs))} + 1 "
+            f"(B = {', '.join(str(BLOCK_LAYERS[n]) for n in nrs)}), expert choice, linear "
+            f"router, recursion-wise KV; vanilla = "
+            f"{', '.join(str(2 + BLOCK_LAYERS[n] * n) for n in nrs)} "
+            f"layers; d 576, 9 heads / 3 KV heads, d_ff 1536, vocab 49152."
+            if nrs else "Models: only the trained default model (below; its vanilla baseline has "
+            "random weights of the same dims and layer count: the cost does not depend on "
+            "the weights)."),
            f"Workload: N requests submitted at once, {args.prompt_len}-token random prompts, "
            f"{args.output_len} output tokens (greedy, ignore_eos"
            + (f"; overrides {args.output_len_by_concurrency}" if args.output_len_by_concurrency
