@@ -5,6 +5,7 @@ absl flagfiles and durations, and a grpc.health.v1 Check without generated stubs
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -186,3 +187,20 @@ def grpc_health_check(address: str, service: str = "", timeout: float = 10.0) ->
     if len(response) >= 2 and response[0] == 0x08:
         status = response[1]
     return HEALTH_STATUS.get(status, f"status {status}")
+
+
+def run_test(doc: str, run, client_binary: bool = False) -> int:
+    """The deploy tests' main: parse `work_dir [--server-binary B] [--client-binary B]`,
+    call run(args, checks), and report any exception as a failed check."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("work_dir")
+    parser.add_argument("--server-binary")
+    if client_binary:
+        parser.add_argument("--client-binary")
+    args = parser.parse_args()
+    checks = Checks()
+    try:
+        run(args, checks)
+    except Exception as e:  # noqa: BLE001 - report any failure as a failed check
+        checks.check("harness", False, f"{type(e).__name__}: {e}")
+    return checks.finish()

@@ -21,7 +21,6 @@ Prints one line per check and 'N passed, N failed'; exit 77 (skip) without hadol
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -300,18 +299,7 @@ def live_health_check(args, work: str, health_shell: str, checks: dc.Checks) -> 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("work_dir")
-    parser.add_argument("--server-binary")
-    parser.add_argument("--client-binary")
-    args = parser.parse_args()
-    checks = dc.Checks()
-    try:
-        run(args, checks)
-    except Exception as e:  # noqa: BLE001 - report any failure as a failed check
-        checks.check("harness", False, f"{type(e).__name__}: {e}")
-    return checks.finish()
-
+    return dc.run_test(__doc__, run, client_binary=True)
 
 if __name__ == "__main__":
     sys.exit(main())

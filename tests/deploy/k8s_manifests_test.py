@@ -29,7 +29,6 @@ kubectl, kubernetes-validate or promtool.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import glob
 import json
@@ -528,17 +527,7 @@ def run(args, checks: dc.Checks) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("work_dir")
-    parser.add_argument("--server-binary")
-    args = parser.parse_args()
-    checks = dc.Checks()
-    try:
-        run(args, checks)
-    except Exception as e:  # noqa: BLE001 - report any failure as a failed check
-        checks.check("harness", False, f"{type(e).__name__}: {e}")
-    return checks.finish()
-
+    return dc.run_test(__doc__, run)
 
 if __name__ == "__main__":
     sys.exit(main())
