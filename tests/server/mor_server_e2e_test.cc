@@ -490,10 +490,16 @@ TEST_F(MorServerE2eTest, QueueFullIsResourceExhausted) {
     v1::GenerateResponse first;
     if (i == 0) ASSERT_TRUE(readers.back()->Read(&first));  // the first one is running
   }
+  // Wait until all three reached the engine (the queued two may still be in
+  // gRPC's hands), so the probes below run while the queue is full: the first
+  // request alone runs for kMaxTokensCap tokens.
+  for (int i = 0; i < 2000 && server_->engine().counters().requests_submitted < 3; ++i) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_EQ(server_->engine().counters().requests_submitted, 3);
   grpc::Status status;
-  // The two queued ones may still be in flight, and the engine publishes its
-  // queue length after each step: a probe accepted in that window just times
-  // out (short deadline) and the next one is refused.
+  // The engine publishes its queue length after each step: a probe accepted in
+  // that window just times out (short deadline) and the next one is refused.
   for (int attempt = 0; attempt < 100; ++attempt) {
     grpc::ClientContext context;
     SetDeadline(&context, absl::Milliseconds(300));
