@@ -1,5 +1,7 @@
 #include "server/mor_server.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -52,6 +54,16 @@ absl::StatusOr<std::unique_ptr<MorServer>> MorServer::Start(std::unique_ptr<Engi
   // gRPC sets SO_REUSEPORT by default, which would let a second server
   // silently share the port; a taken port must be an error instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  auto to_ms = [](absl::Duration d) {
+    return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(d), INT32_MAX));
+  };
+  if (options.max_connection_age != absl::InfiniteDuration()) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, to_ms(options.max_connection_age));
+  }
+  if (options.max_connection_age_grace != absl::InfiniteDuration()) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                               to_ms(options.max_connection_age_grace));
+  }
   builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(),
                            &server->port_);
   builder.RegisterService(server->service_.get());

@@ -29,6 +29,11 @@ struct MorServerOptions {
   // The model's tokenizer for text input/output, Tokenize and stop strings;
   // null: token ids only.
   std::shared_ptr<const Tokenizer> tokenizer;
+  // Connections older than this are sent GOAWAY (after `max_connection_age_grace`
+  // for calls in flight), so clients that balance over DNS (a Kubernetes headless
+  // Service) re-resolve and reach new replicas. Infinite: never.
+  absl::Duration max_connection_age = absl::InfiniteDuration();
+  absl::Duration max_connection_age_grace = absl::InfiniteDuration();
 };
 
 // Owns the engine and the gRPC server. Thread-safe.

@@ -97,6 +97,14 @@ ABSL_FLAG(absl::Duration, max_request_duration, absl::InfiniteDuration(),
           "Longest a request may run (e.g. 120s); a client deadline further away is "
           "shortened to it. The request then ends with DEADLINE_EXCEEDED.");
 ABSL_FLAG(int32_t, threads, 0, "Intra-op CPU threads for the model; 0 = all cores.");
+ABSL_FLAG(absl::Duration, max_connection_age, absl::InfiniteDuration(),
+          "Send GOAWAY on client connections older than this (gRPC's max connection age), so "
+          "clients that balance over DNS, e.g. a Kubernetes headless Service with round_robin, "
+          "re-resolve and reach new replicas; inf = never. Calls in flight may finish within "
+          "--max_connection_age_grace.");
+ABSL_FLAG(absl::Duration, max_connection_age_grace, absl::InfiniteDuration(),
+          "After --max_connection_age, how long calls in flight may run before the connection "
+          "is closed; inf = until they end.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "On SIGINT/SIGTERM, how long in-flight calls may run before they are cancelled.");
 
@@ -261,6 +269,12 @@ int main(int argc, char** argv) {
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   options.metrics.model_name = ModelName(model_options.model_dir);
   options.tokenizer = tokenizer;
+  options.max_connection_age = absl::GetFlag(FLAGS_max_connection_age);
+  options.max_connection_age_grace = absl::GetFlag(FLAGS_max_connection_age_grace);
+  if (options.max_connection_age <= absl::ZeroDuration() ||
+      options.max_connection_age_grace < absl::ZeroDuration()) {
+    return Fail("--max_connection_age must be positive and --max_connection_age_grace >= 0");
+  }
   options.limits.max_tokens_cap = absl::GetFlag(FLAGS_max_tokens_cap);
   options.limits.max_request_duration = absl::GetFlag(FLAGS_max_request_duration);
   if (options.limits.max_request_duration <= absl::ZeroDuration()) {

@@ -57,7 +57,8 @@ class MorServerE2eTest : public ::testing::Test {
 
   void SetUp() override { StartServer(EngineOptions{}); }
 
-  void StartServer(EngineOptions engine_options) {
+  void StartServer(EngineOptions engine_options,
+                   absl::Duration max_connection_age = absl::InfiniteDuration()) {
     if (server_ != nullptr) server_->Shutdown(absl::Seconds(1));
     server_.reset();
     ModelRunnerOptions options;
@@ -72,6 +73,7 @@ class MorServerE2eTest : public ::testing::Test {
     MorServerOptions server_options;
     server_options.listen_address = "127.0.0.1:0";
     server_options.limits.max_tokens_cap = kMaxTokensCap;
+    server_options.max_connection_age = max_connection_age;
     auto server = MorServer::Start(std::move(*engine), server_options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
@@ -488,7 +490,9 @@ TEST_F(MorServerE2eTest, QueueFullIsResourceExhausted) {
     SetDeadline(contexts.back().get());
     readers.push_back(stub_->Generate(contexts.back().get(), Request({1, 2, 3}, kMaxTokensCap)));
     v1::GenerateResponse first;
-    if (i == 0) ASSERT_TRUE(readers.back()->Read(&first));  // the first one is running
+    if (i == 0) {
+      ASSERT_TRUE(readers.back()->Read(&first));  // the first one is running
+    }
   }
   // Wait until all three reached the engine (the queued two may still be in
   // gRPC's hands), so the probes below run while the queue is full: the first
@@ -513,6 +517,25 @@ TEST_F(MorServerE2eTest, QueueFullIsResourceExhausted) {
   for (auto& context : contexts) context->TryCancel();
   for (auto& reader : readers) reader->Finish();
   EXPECT_TRUE(WaitForAllBlocksFree());
+}
+
+// --max_connection_age: the server sends GOAWAY to old connections (so
+// DNS-balancing clients re-resolve); the channel goes idle and the next call
+// reconnects and succeeds.
+TEST_F(MorServerE2eTest, MaxConnectionAgeSendsGoawayAndClientsReconnect) {
+  StartServer(EngineOptions{}, absl::Milliseconds(200));
+  const StreamResult first = Stream(Request({1, 2}, 2));
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+  ASSERT_EQ(channel_->GetState(false), GRPC_CHANNEL_READY);
+  bool went_idle = false;
+  for (int i = 0; i < 300 && !went_idle; ++i) {  // the age has jitter; ~3 s at most
+    absl::SleepFor(absl::Milliseconds(10));
+    went_idle = channel_->GetState(false) != GRPC_CHANNEL_READY;
+  }
+  EXPECT_TRUE(went_idle) << "no GOAWAY after max_connection_age";
+  const StreamResult second = Stream(Request({3, 4}, 2));
+  EXPECT_TRUE(second.status.ok()) << second.status.error_message();
+  EXPECT_EQ(second.tokens.size(), 2u);
 }
 
 }  // namespace
