@@ -97,6 +97,8 @@ def find_dataset(model_dir: str, arg: str) -> str:
                                            else os.path.join(ROOT, corpus), "val.txt"))
     except (OSError, ValueError):
         pass
+    # Where `./mor train` prepares the corpus (the log's path may be another machine's).
+    candidates.append(os.path.join(ROOT, "build", "train", "corpus", "val.txt"))
     return next((c for c in candidates if os.path.isfile(c)), "random")
 
 
