@@ -30,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "tools", "metrics"))
 
 import mor_stack  # noqa: E402
+from deploy_common import Checks  # noqa: E402
 import render_dashboard  # noqa: E402
 
 NUM_RECURSIONS = 3
@@ -37,20 +38,6 @@ RATE_INTERVAL = "1m"
 # `<signal> <op> <number>`, the form every alert expression has.
 THRESHOLD = re.compile(r"^(?P<signal>.*?)\s*(==|!=|>=|<=|>|<)\s*-?[0-9.]+(e[+-]?[0-9]+)?\s*$",
                        re.DOTALL)
-
-
-class Checks:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, name: str, ok: bool, detail: str = "") -> None:
-        if ok:
-            self.passed += 1
-            print(f"ok    {name}")
-        else:
-            self.failed += 1
-            print(f"FAIL  {name}: {detail}")
 
 
 def dashboard_exprs() -> list[tuple[str, str]]:
